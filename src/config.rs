@@ -1,0 +1,107 @@
+//! Configuration: every field is a `--flag` and a `MODELPRESS_*` environment variable.
+//! The doc comment of each field is its `--help` text and its row in the README table.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Command line: `modelpress [serve] [OPTIONS]`; `serve` is the default.
+#[derive(Debug, Parser)]
+#[command(name = "modelpress", version, about = "Self-hostable model-compression service")]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default).
+    Serve(Config),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Service configuration.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "MODELPRESS_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Directory holding `modelpress.db` and the artifact files; created if missing.
+    #[arg(long, env = "MODELPRESS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Number of job worker threads (jobs that run at the same time).
+    #[arg(long, env = "MODELPRESS_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+
+    /// Compute threads each job may use (candle / rayon pool per worker). Keep
+    /// workers × job-threads + inference threads ≈ cores: candle's spinning pools degrade
+    /// badly when oversubscribed.
+    #[arg(long, env = "MODELPRESS_JOB_THREADS", default_value_t = 1)]
+    pub job_threads: usize,
+
+    /// Async runtime threads serving HTTP (uploads, downloads, SSE).
+    #[arg(long, env = "MODELPRESS_HTTP_THREADS", default_value_t = 2)]
+    pub http_threads: usize,
+
+    /// Largest accepted upload (model or dataset) in bytes; larger bodies get 413.
+    #[arg(long, env = "MODELPRESS_MAX_UPLOAD_BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+
+    /// Most tensors a safetensors upload may hold.
+    #[arg(long, env = "MODELPRESS_MAX_TENSORS", default_value_t = 65_536)]
+    pub max_tensors: usize,
+
+    /// Largest safetensors JSON header in bytes.
+    #[arg(long, env = "MODELPRESS_MAX_HEADER_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_header_bytes: u64,
+
+    /// Largest architecture spec (JSON) in bytes.
+    #[arg(long, env = "MODELPRESS_MAX_SPEC_BYTES", default_value_t = 1024 * 1024)]
+    pub max_spec_bytes: usize,
+
+    /// Most jobs waiting in the queue; further submissions get 429 with `Retry-After`.
+    #[arg(long, env = "MODELPRESS_MAX_QUEUED_JOBS", default_value_t = 100)]
+    pub max_queued_jobs: usize,
+
+    /// Seconds running jobs get to finish at shutdown before they are stopped and requeued.
+    #[arg(long, env = "MODELPRESS_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    /// Seconds between heartbeats written for running jobs.
+    #[arg(long, env = "MODELPRESS_HEARTBEAT_SECS", default_value_t = 5)]
+    pub heartbeat_secs: u64,
+
+    /// A job interrupted this many times (crash, kill) fails instead of being requeued.
+    #[arg(long, env = "MODELPRESS_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: i64,
+
+    /// Log format.
+    #[arg(long, env = "MODELPRESS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Enable the `debug_sleep` job kind (test suites only: a slow job with check points).
+    #[arg(long, env = "MODELPRESS_ENABLE_TEST_JOBS", default_value_t = false, hide = true)]
+    pub enable_test_jobs: bool,
+}
+
+impl Config {
+    /// Defaults for tests and embedding: everything as on the command line, with the given
+    /// data directory and a free port on loopback.
+    pub fn for_tests(data_dir: PathBuf) -> Config {
+        let mut cli = Cli::parse_from(["modelpress", "--bind", "127.0.0.1:0"]);
+        cli.serve.data_dir = data_dir;
+        cli.serve
+    }
+}

@@ -1,0 +1,210 @@
+//! Artifact files under the data directory. Owned by the async side (handlers, reporter);
+//! workers only get paths.
+//!
+//! Layout: `models/<aa>/<id>.safetensors`, `datasets/<aa>/<id>.<ext>`, `tmp/` for everything
+//! being written, `checkpoints/<job_id>/` for resumable jobs. Paths are built from
+//! server-generated ids only, never from client input. Every file is written under `tmp/`,
+//! fsynced, then renamed into place, so no partial file ever appears under a final name; a
+//! [`TempFile`] removes itself when dropped unless persisted (a request that dies mid-upload
+//! leaves nothing behind).
+
+use std::path::{Path, PathBuf};
+
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("upload exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("upload interrupted: {0}")]
+    Body(String),
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What kind of artifact a path is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactKind {
+    Model,
+    Dataset,
+}
+
+impl ArtifactKind {
+    fn dir(self) -> &'static str {
+        match self {
+            ArtifactKind::Model => "models",
+            ArtifactKind::Dataset => "datasets",
+        }
+    }
+}
+
+/// The artifact store rooted at the data directory.
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    root: PathBuf,
+}
+
+/// A file under `tmp/` that is deleted on drop unless [`TempFile::persist`]ed.
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames into `dest` (creating its parent) and fsyncs the directory.
+    pub fn persist(mut self, dest: &Path) -> std::io::Result<()> {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::rename(&self.path, dest)?;
+        self.keep = true;
+        if let Some(parent) = dest.parent() {
+            // Make the rename durable; failure here is not worth failing the upload for.
+            let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A streamed upload: the temp file, its size and sha256.
+#[derive(Debug)]
+pub struct Upload {
+    pub file: TempFile,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl ArtifactStore {
+    /// Creates the directory layout (with owner-only permissions on Unix).
+    pub fn open(root: &Path) -> std::io::Result<ArtifactStore> {
+        for d in ["", "models", "datasets", "tmp", "checkpoints"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
+            }
+        }
+        Ok(ArtifactStore { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Final path of an artifact. `id` is a server-generated UUID.
+    pub fn path(&self, kind: ArtifactKind, id: &str, ext: &str) -> PathBuf {
+        let shard = id.get(..2).unwrap_or("00");
+        self.root.join(kind.dir()).join(shard).join(format!("{id}.{ext}"))
+    }
+
+    pub fn model_path(&self, id: &str) -> PathBuf {
+        self.path(ArtifactKind::Model, id, "safetensors")
+    }
+
+    pub fn dataset_path(&self, id: &str) -> PathBuf {
+        self.path(ArtifactKind::Dataset, id, "safetensors")
+    }
+
+    /// Directory for a job's checkpoints.
+    pub fn checkpoint_dir(&self, job_id: &str) -> PathBuf {
+        self.root.join("checkpoints").join(job_id)
+    }
+
+    /// A fresh temp file path (not yet created).
+    pub fn temp_file(&self, suffix: &str) -> TempFile {
+        let name = format!("{}.{suffix}.part", uuid::Uuid::new_v4().simple());
+        TempFile { path: self.root.join("tmp").join(name), keep: false }
+    }
+
+    /// Streams a request body into a temp file while hashing and counting; fails with
+    /// [`StoreError::TooLarge`] as soon as `limit` is passed (the partial file is removed).
+    pub async fn save_stream<S, E>(&self, mut body: S, limit: u64) -> Result<Upload, StoreError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let file = self.temp_file("upload");
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(file.path()).await?);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| StoreError::Body(e.to_string()))?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(StoreError::TooLarge { limit });
+            }
+            hasher.update(&chunk);
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        let inner = out.into_inner();
+        inner.sync_all().await?;
+        Ok(Upload { file, size, sha256: hex::encode(hasher.finalize()) })
+    }
+
+    /// sha256 of a file (blocking; call from a worker or `spawn_blocking`).
+    pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+
+    /// Start-up sweep: removes everything in `tmp/` and any artifact whose id is not in
+    /// `known` (left by a crash between rename and commit). Returns how many files it removed.
+    pub fn sweep(&self, kind: ArtifactKind, known: &std::collections::HashSet<String>) -> std::io::Result<usize> {
+        let mut removed = 0;
+        if kind == ArtifactKind::Model {
+            for e in std::fs::read_dir(self.root.join("tmp"))? {
+                let e = e?;
+                if e.file_type()?.is_file() {
+                    std::fs::remove_file(e.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        let dir = self.root.join(kind.dir());
+        for shard in std::fs::read_dir(&dir)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(shard.path())? {
+                let f = f?;
+                let name = f.file_name().to_string_lossy().to_string();
+                let id = name.split('.').next().unwrap_or_default().to_string();
+                if !known.contains(&id) {
+                    std::fs::remove_file(f.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
