@@ -60,7 +60,8 @@ impl DatasetInfo {
     }
 }
 
-const SPLITS: [(&str, &str, &str); 3] = [("train", "train_x", "train_y"), ("test", "test_x", "test_y"), ("all", "x", "y")];
+const SPLITS: [(&str, &str, &str); 3] =
+    [("train", "train_x", "train_y"), ("test", "test_x", "test_y"), ("all", "x", "y")];
 
 fn read_labels(tf: &Tensorfile, name: &str) -> Result<Vec<i64>, DatasetError> {
     let t = tf.entry(name)?;
@@ -93,7 +94,10 @@ pub fn inspect(path: &Path, limits: HeaderLimits) -> Result<DatasetInfo, Dataset
             continue;
         };
         if x.shape.is_empty() || x.shape[0] == 0 {
-            return Err(invalid(format!("'{xn}' must have a sample dimension with at least one sample, got shape {:?}", x.shape)));
+            return Err(invalid(format!(
+                "'{xn}' must have a sample dimension with at least one sample, got shape {:?}",
+                x.shape
+            )));
         }
         if matches!(x.dtype, Dtype::Bool | Dtype::F8E4M3 | Dtype::F8E5M2) {
             return Err(invalid(format!("'{xn}' has unsupported dtype {}", x.dtype)));
@@ -151,7 +155,11 @@ pub fn csv_to_safetensors(csv: &Path, out: &Path, label: Option<&str>) -> Result
     let cols: Vec<String> = header.split(',').map(|c| c.trim().trim_matches('"').to_string()).collect();
     let label_idx = match label {
         Some("") => None,
-        Some(name) => Some(cols.iter().position(|c| c == name).ok_or_else(|| invalid(format!("label column '{name}' not in the header {cols:?}")))?),
+        Some(name) => Some(
+            cols.iter()
+                .position(|c| c == name)
+                .ok_or_else(|| invalid(format!("label column '{name}' not in the header {cols:?}")))?,
+        ),
         None => Some(cols.iter().position(|c| c == "label").unwrap_or(cols.len() - 1)),
     };
     let features = cols.len() - usize::from(label_idx.is_some());
@@ -168,13 +176,19 @@ pub fn csv_to_safetensors(csv: &Path, out: &Path, label: Option<&str>) -> Result
         for (i, c) in cells.iter().enumerate() {
             let c = c.trim();
             if Some(i) == label_idx {
-                let v: f64 = c.parse().map_err(|_| invalid(format!("line {}: label '{c}' is not a number", lineno + 1)))?;
+                let v: f64 =
+                    c.parse().map_err(|_| invalid(format!("line {}: label '{c}' is not a number", lineno + 1)))?;
                 if v.fract() != 0.0 || v < 0.0 || v >= MAX_CLASSES as f64 {
-                    return Err(invalid(format!("line {}: label {c} must be an integer in 0..{MAX_CLASSES}", lineno + 1)));
+                    return Err(invalid(format!(
+                        "line {}: label {c} must be an integer in 0..{MAX_CLASSES}",
+                        lineno + 1
+                    )));
                 }
                 ys.push(v as i64);
             } else {
-                let v: f32 = c.parse().map_err(|_| invalid(format!("line {}, column '{}': '{c}' is not a number", lineno + 1, cols[i])))?;
+                let v: f32 = c.parse().map_err(|_| {
+                    invalid(format!("line {}, column '{}': '{c}' is not a number", lineno + 1, cols[i]))
+                })?;
                 if !v.is_finite() {
                     return Err(invalid(format!("line {}, column '{}': value must be finite", lineno + 1, cols[i])));
                 }

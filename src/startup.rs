@@ -37,12 +37,19 @@ impl StopHandle {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let store = ArtifactStore::open(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let store = ArtifactStore::open(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let db = db::connect(&config.data_dir).await.context("opening the database")?;
 
         // Start-up recovery: interrupted jobs back to the queue (or failed after too many
         // attempts), then orphan files from interrupted writes removed.
-        let failed = serde_json::to_string(&JobError::input(format!("the job was interrupted {} times (crash or kill) and was not retried again", config.max_attempts)).problem())?;
+        let failed = serde_json::to_string(
+            &JobError::input(format!(
+                "the job was interrupted {} times (crash or kill) and was not retried again",
+                config.max_attempts
+            ))
+            .problem(),
+        )?;
         let (requeued, gave_up) = db::recover_interrupted(&db, config.max_attempts, &failed).await?;
         if requeued + gave_up > 0 {
             tracing::warn!(requeued, failed = gave_up, "recovered jobs interrupted by a previous run");

@@ -31,7 +31,15 @@ pub struct Dataset {
 impl Dataset {
     fn from_row(r: DatasetRow) -> Dataset {
         let info: DatasetInfo = serde_json::from_str(&r.info).unwrap_or(DatasetInfo { splits: vec![] });
-        Dataset { id: r.id, name: r.name, created_at: r.created_at, size_bytes: r.size_bytes, sha256: r.sha256, format: r.format, splits: info.splits }
+        Dataset {
+            id: r.id,
+            name: r.name,
+            created_at: r.created_at,
+            size_bytes: r.size_bytes,
+            sha256: r.sha256,
+            format: r.format,
+            splits: info.splits,
+        }
     }
 }
 
@@ -86,9 +94,14 @@ fn dataset_error(e: DatasetError) -> ApiError {
         (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid dataset (the problem says which tensor, line or column)", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn create_dataset(State(st): State<AppState>, ApiQuery(q): ApiQuery<DatasetUploadQuery>, req: Request) -> ApiResult<Response> {
+pub async fn create_dataset(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<DatasetUploadQuery>,
+    req: Request,
+) -> ApiResult<Response> {
     let parts = read_upload(&st, req, "data", &["name", "format", "label"], 1024).await?;
-    let upload = parts.file.ok_or_else(|| ApiError::validation("data", "missing the 'data' part with the dataset file"))?;
+    let upload =
+        parts.file.ok_or_else(|| ApiError::validation("data", "missing the 'data' part with the dataset file"))?;
     let name = validate_name(parts.name.or(q.name), "dataset")?;
     let format = parts.fields.get("format").cloned().or(q.format).unwrap_or_else(|| "safetensors".into());
     let label = parts.fields.get("label").cloned().or(q.label);
@@ -96,7 +109,10 @@ pub async fn create_dataset(State(st): State<AppState>, ApiQuery(q): ApiQuery<Da
     let (stored, info) = match format.as_str() {
         "safetensors" => {
             let path = upload.file.path().to_path_buf();
-            let info = tokio::task::spawn_blocking(move || datasets::inspect(&path, limits)).await.map_err(ApiError::internal)?.map_err(dataset_error)?;
+            let info = tokio::task::spawn_blocking(move || datasets::inspect(&path, limits))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(dataset_error)?;
             (upload.file, info)
         }
         "csv" => {
@@ -108,7 +124,9 @@ pub async fn create_dataset(State(st): State<AppState>, ApiQuery(q): ApiQuery<Da
                 .map_err(dataset_error)?;
             (out, info)
         }
-        other => return Err(ApiError::validation("format", format!("unknown format '{other}'; use safetensors or csv"))),
+        other => {
+            return Err(ApiError::validation("format", format!("unknown format '{other}'; use safetensors or csv")))
+        }
     };
     let id = uuid::Uuid::now_v7().to_string();
     let row = DatasetRow {
@@ -128,7 +146,8 @@ pub async fn create_dataset(State(st): State<AppState>, ApiQuery(q): ApiQuery<Da
         return Err(e.into());
     }
     let mut resp = (StatusCode::CREATED, Json(Dataset::from_row(row))).into_response();
-    resp.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&format!("/v1/datasets/{id}")).map_err(ApiError::internal)?);
+    resp.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_str(&format!("/v1/datasets/{id}")).map_err(ApiError::internal)?);
     Ok(resp)
 }
 
@@ -139,7 +158,10 @@ pub async fn create_dataset(State(st): State<AppState>, ApiQuery(q): ApiQuery<Da
         (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad cursor or limit", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_datasets(State(st): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<DatasetList>> {
+pub async fn list_datasets(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<DatasetList>> {
     check_cursor(q.cursor.as_deref())?;
     let limit = page_limit(q.limit)?;
     let rows = db::list_datasets(&st.db, q.name.as_deref(), q.cursor.as_deref(), limit).await?;
@@ -179,6 +201,9 @@ pub async fn delete_dataset(State(st): State<AppState>, ApiPath(id): ApiPath<Str
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteOutcome::NotFound => Err(ApiError::not_found("dataset", &id)),
-        DeleteOutcome::InUse(job) => Err(ApiError::new(ErrorCode::Conflict, format!("dataset '{id}' is used by job '{job}' which is queued or running"))),
+        DeleteOutcome::InUse(job) => Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("dataset '{id}' is used by job '{job}' which is queued or running"),
+        )),
     }
 }

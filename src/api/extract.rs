@@ -31,9 +31,10 @@ pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
 /// Checks a pagination cursor (an id from a previous page).
 pub fn check_cursor(cursor: Option<&str>) -> Result<(), ApiError> {
     match cursor {
-        Some(c) if uuid::Uuid::parse_str(c).is_err() => {
-            Err(ApiError::validation("cursor", "not a cursor returned by this API (use next_cursor from the previous page)"))
-        }
+        Some(c) if uuid::Uuid::parse_str(c).is_err() => Err(ApiError::validation(
+            "cursor",
+            "not a cursor returned by this API (use next_cursor from the previous page)",
+        )),
         _ => Ok(()),
     }
 }

@@ -54,7 +54,11 @@ pub async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
     let text = st.metrics.render(&[
         ("modelpress_queue_depth", "Jobs waiting to run", vec![(vec![], queued)]),
         ("modelpress_jobs", "Jobs by status", jobs),
-        ("modelpress_jobs_running_here", "Jobs running in this process", vec![(vec![], st.jobs.running_count() as f64)]),
+        (
+            "modelpress_jobs_running_here",
+            "Jobs running in this process",
+            vec![(vec![], st.jobs.running_count() as f64)],
+        ),
     ]);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -60,7 +60,8 @@ pub struct JobListQuery {
 async fn precheck(st: &AppState, params: &JobParams, model_id: Option<&str>) -> ApiResult<Vec<String>> {
     let mut inputs = Vec::new();
     if params.needs_model() {
-        let id = model_id.ok_or_else(|| ApiError::validation("model_id", format!("required for kind '{}'", params.kind())))?;
+        let id = model_id
+            .ok_or_else(|| ApiError::validation("model_id", format!("required for kind '{}'", params.kind())))?;
         if uuid::Uuid::parse_str(id).is_err() || db::get_model(&st.db, id).await?.is_none() {
             return Err(ApiError::validation("model_id", format!("model '{id}' does not exist")));
         }
@@ -94,7 +95,11 @@ async fn precheck(st: &AppState, params: &JobParams, model_id: Option<&str>) -> 
         (status = 422, description = "Unknown kind, missing model, bad params (the field is named)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Queue full (--max-queued-jobs); retry after Retry-After seconds", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn create_job(State(st): State<AppState>, headers: HeaderMap, ApiJson(body): ApiJson<CreateJob>) -> ApiResult<Response> {
+pub async fn create_job(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateJob>,
+) -> ApiResult<Response> {
     let key = match headers.get("idempotency-key") {
         Some(v) => {
             let k = v.to_str().map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII"))?;
@@ -126,7 +131,10 @@ pub async fn create_job(State(st): State<AppState>, headers: HeaderMap, ApiJson(
         InsertJob::Inserted(r) => (r, false),
         InsertJob::Replayed(r) => (r, true),
         InsertJob::KeyConflict => {
-            return Err(ApiError::new(ErrorCode::Conflict, "this Idempotency-Key was already used with a different request body"))
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this Idempotency-Key was already used with a different request body",
+            ))
         }
         InsertJob::QueueFull => {
             st.metrics.inc("modelpress_rejections_total", vec![("reason", "queue_full".into())], 1.0);
@@ -145,7 +153,8 @@ pub async fn create_job(State(st): State<AppState>, headers: HeaderMap, ApiJson(
         st.jobs.publish_state(&job);
     }
     let mut resp = (StatusCode::ACCEPTED, Json(&job)).into_response();
-    resp.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)).map_err(ApiError::internal)?);
+    resp.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)).map_err(ApiError::internal)?);
     if replayed {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
@@ -167,7 +176,13 @@ pub async fn list_jobs(State(st): State<AppState>, ApiQuery(q): ApiQuery<JobList
             return Err(ApiError::validation("status", "one of queued, running, succeeded, failed, cancelled"));
         }
     }
-    let f = JobFilter { status: q.status.as_deref(), kind: q.kind.as_deref(), model_id: q.model_id.as_deref(), before: q.cursor.as_deref(), limit };
+    let f = JobFilter {
+        status: q.status.as_deref(),
+        kind: q.kind.as_deref(),
+        model_id: q.model_id.as_deref(),
+        before: q.cursor.as_deref(),
+        limit,
+    };
     let rows = db::list_jobs(&st.db, &f).await?;
     let next_cursor = if rows.len() as i64 == limit { rows.last().map(|r| r.id.clone()) } else { None };
     Ok(Json(JobList { items: rows.into_iter().map(Job::from).collect(), next_cursor }))
@@ -197,7 +212,10 @@ pub async fn get_job(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -
         (status = 202, description = "Cancelled or cancellation requested; the job's current state", body = Job),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn cancel_job(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<(StatusCode, Json<Job>)> {
+pub async fn cancel_job(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
     check_id("job", &id)?;
     match db::cancel_job(&st.db, &id).await? {
         CancelOutcome::NotFound => return Err(ApiError::not_found("job", &id)),
@@ -222,12 +240,20 @@ fn sse_event(u: &JobUpdate) -> Event {
         (status = 200, description = "An SSE stream", content_type = "text/event-stream", body = String),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn job_events(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+pub async fn job_events(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     check_id("job", &id)?;
     // Subscribe before reading the state so nothing falls between the two.
     let rx = st.jobs.subscribe();
     let job = load_job(&st, &id).await?;
-    let first = JobUpdate { job_id: id.clone(), event: "state".into(), terminal: is_terminal(&job.status), data: serde_json::to_value(&job).map_err(ApiError::internal)? };
+    let first = JobUpdate {
+        job_id: id.clone(),
+        event: "state".into(),
+        terminal: is_terminal(&job.status),
+        data: serde_json::to_value(&job).map_err(ApiError::internal)?,
+    };
     struct S {
         st: AppState,
         id: String,

@@ -86,12 +86,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// Counts requests by matched route and status, and times them.
 async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let start = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
-    metrics.inc("modelpress_http_requests_total", vec![("route", route.clone()), ("method", method), ("status", status)], 1.0);
+    metrics.inc(
+        "modelpress_http_requests_total",
+        vec![("route", route.clone()), ("method", method), ("status", status)],
+        1.0,
+    );
     metrics.observe("modelpress_http_request_duration_seconds", vec![("route", route)], start.elapsed().as_secs_f64());
     resp
 }
@@ -105,10 +110,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(health::method_not_allowed)
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(metrics, track))
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
-                tracing::info_span!("http", method = %req.method(), route = %route, uri = %req.uri().path())
-            }),
-        )
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+            tracing::info_span!("http", method = %req.method(), route = %route, uri = %req.uri().path())
+        }))
 }

@@ -127,7 +127,10 @@ pub(super) fn validate_name(name: Option<String>, default: &str) -> Result<Strin
 
 pub(super) fn store_error(e: StoreError) -> ApiError {
     match e {
-        StoreError::TooLarge { limit } => ApiError::new(ErrorCode::PayloadTooLarge, format!("upload exceeds the limit of {limit} bytes (--max-upload-bytes)")),
+        StoreError::TooLarge { limit } => ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("upload exceeds the limit of {limit} bytes (--max-upload-bytes)"),
+        ),
         StoreError::Body(m) => ApiError::new(ErrorCode::BadRequest, format!("reading the upload failed: {m}")),
         StoreError::Io(e) => ApiError::internal(e),
     }
@@ -142,9 +145,17 @@ pub(super) struct UploadParts {
 
 /// Reads a raw (`application/octet-stream`) or multipart upload; `file_part` names the file
 /// part, `text_parts` the small text parts accepted (each at most `max_text` bytes).
-pub(super) async fn read_upload(st: &AppState, req: Request, file_part: &str, text_parts: &[&str], max_text: usize) -> ApiResult<UploadParts> {
+pub(super) async fn read_upload(
+    st: &AppState,
+    req: Request,
+    file_part: &str,
+    text_parts: &[&str],
+    max_text: usize,
+) -> ApiResult<UploadParts> {
     let limit = st.config.max_upload_bytes;
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(len) =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    {
         if len > limit.saturating_add(64 * 1024) {
             st.metrics.inc("modelpress_rejections_total", vec![("reason", "upload_too_large".into())], 1.0);
             return Err(store_error(StoreError::TooLarge { limit }));
@@ -153,8 +164,11 @@ pub(super) async fn read_upload(st: &AppState, req: Request, file_part: &str, te
     let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let mut parts = UploadParts { file: None, name: None, fields: BTreeMap::new() };
     if ct.starts_with("multipart/form-data") {
-        let mut mp = Multipart::from_request(req, &()).await.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
-        while let Some(field) = mp.next_field().await.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))? {
+        let mut mp =
+            Multipart::from_request(req, &()).await.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+        while let Some(field) =
+            mp.next_field().await.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?
+        {
             let fname = field.name().unwrap_or("").to_string();
             if fname == file_part {
                 if parts.file.is_some() {
@@ -165,10 +179,15 @@ pub(super) async fn read_upload(st: &AppState, req: Request, file_part: &str, te
             } else if text_parts.contains(&fname.as_str()) {
                 let mut buf = Vec::new();
                 let mut field = field;
-                while let Some(chunk) = field.chunk().await.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))? {
+                while let Some(chunk) =
+                    field.chunk().await.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?
+                {
                     buf.extend_from_slice(&chunk);
                     if buf.len() > max_text {
-                        return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("part '{fname}' exceeds {max_text} bytes")));
+                        return Err(ApiError::new(
+                            ErrorCode::PayloadTooLarge,
+                            format!("part '{fname}' exceeds {max_text} bytes"),
+                        ));
                     }
                 }
                 let text = String::from_utf8(buf).map_err(|_| ApiError::validation(&fname, "must be UTF-8 text"))?;
@@ -180,7 +199,10 @@ pub(super) async fn read_upload(st: &AppState, req: Request, file_part: &str, te
             } else {
                 return Err(ApiError::validation(
                     "multipart",
-                    format!("unexpected part '{fname}'; expected '{file_part}' and optionally {}", text_parts.join(", ")),
+                    format!(
+                        "unexpected part '{fname}'; expected '{file_part}' and optionally {}",
+                        text_parts.join(", ")
+                    ),
                 ));
             }
         }
@@ -208,8 +230,12 @@ pub(super) async fn validate_safetensors(st: &AppState, file: &TempFile) -> ApiR
     .await
     .map_err(ApiError::internal)??;
     r.map_err(|e| match e {
-        crate::tensorfile::TensorfileError::Io(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => ApiError::internal(e),
-        crate::tensorfile::TensorfileError::Io(_) => ApiError::new(ErrorCode::InvalidSafetensors, "file ends inside its header"),
+        crate::tensorfile::TensorfileError::Io(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
+            ApiError::internal(e)
+        }
+        crate::tensorfile::TensorfileError::Io(_) => {
+            ApiError::new(ErrorCode::InvalidSafetensors, "file ends inside its header")
+        }
         other => ApiError::new(ErrorCode::InvalidSafetensors, other.to_string()),
     })
 }
@@ -233,9 +259,15 @@ pub(super) async fn validate_safetensors(st: &AppState, file: &TempFile) -> ApiR
         (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid safetensors file, or invalid spec/name", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn create_model(State(st): State<AppState>, ApiQuery(q): ApiQuery<UploadQuery>, req: Request) -> ApiResult<Response> {
+pub async fn create_model(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<UploadQuery>,
+    req: Request,
+) -> ApiResult<Response> {
     let parts = read_upload(&st, req, "weights", &["name", "spec"], st.config.max_spec_bytes).await?;
-    let upload = parts.file.ok_or_else(|| ApiError::validation("weights", "missing the 'weights' part with the safetensors file"))?;
+    let upload = parts
+        .file
+        .ok_or_else(|| ApiError::validation("weights", "missing the 'weights' part with the safetensors file"))?;
     let name = validate_name(parts.name.or(q.name), "model")?;
     let header = validate_safetensors(&st, &upload.file).await?;
     let spec = match parts.fields.get("spec") {
@@ -329,15 +361,19 @@ pub async fn delete_model(State(st): State<AppState>, ApiPath(id): ApiPath<Strin
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteOutcome::NotFound => Err(ApiError::not_found("model", &id)),
-        DeleteOutcome::InUse(job) => {
-            Err(ApiError::new(ErrorCode::Conflict, format!("model '{id}' is used by job '{job}' which is queued or running; cancel it or wait")))
-        }
+        DeleteOutcome::InUse(job) => Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("model '{id}' is used by job '{job}' which is queued or running; cancel it or wait"),
+        )),
     }
 }
 
 /// A file name safe for `Content-Disposition`: ASCII letters, digits, `-`, `_`, `.`.
 pub(super) fn safe_filename(name: &str, ext: &str) -> String {
-    let mut s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect();
+    let mut s: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .collect();
     s.truncate(100);
     let s = s.trim_matches('.').to_string();
     format!("{}.{ext}", if s.is_empty() { "model" } else { &s })
@@ -358,7 +394,11 @@ fn parse_range(h: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
         (len.saturating_sub(n), len.checked_sub(1).ok_or(())?)
     } else {
         let s: u64 = a.parse().map_err(|_| ())?;
-        let e: u64 = if b.is_empty() { len.saturating_sub(1) } else { b.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1)) };
+        let e: u64 = if b.is_empty() {
+            len.saturating_sub(1)
+        } else {
+            b.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1))
+        };
         (s, e)
     };
     if start >= len || start > end {
@@ -368,7 +408,12 @@ fn parse_range(h: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
 }
 
 /// Serves a stored file with ETag, Range and If-None-Match support.
-pub(super) async fn serve_file(path: &std::path::Path, sha256: &str, filename: &str, headers: &HeaderMap) -> ApiResult<Response> {
+pub(super) async fn serve_file(
+    path: &std::path::Path,
+    sha256: &str,
+    filename: &str,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let etag = format!("\"{sha256}\"");
     if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
         if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
@@ -381,14 +426,23 @@ pub(super) async fn serve_file(path: &std::path::Path, sha256: &str, filename: &
     let len = file.metadata().await?.len();
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         // If-Range with a different validator: ignore the Range.
-        Some(r) if headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()).is_none_or(|ir| ir == etag) => match parse_range(r, len) {
-            Ok(r) => r,
-            Err(()) => {
-                let mut resp = ApiError::new(ErrorCode::RangeNotSatisfiable, format!("range '{r}' is not satisfiable for {len} bytes")).into_response();
-                resp.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{len}")).map_err(ApiError::internal)?);
-                return Ok(resp);
+        Some(r) if headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()).is_none_or(|ir| ir == etag) => {
+            match parse_range(r, len) {
+                Ok(r) => r,
+                Err(()) => {
+                    let mut resp = ApiError::new(
+                        ErrorCode::RangeNotSatisfiable,
+                        format!("range '{r}' is not satisfiable for {len} bytes"),
+                    )
+                    .into_response();
+                    resp.headers_mut().insert(
+                        header::CONTENT_RANGE,
+                        HeaderValue::from_str(&format!("bytes */{len}")).map_err(ApiError::internal)?,
+                    );
+                    return Ok(resp);
+                }
             }
-        },
+        }
         _ => None,
     };
     let (status, start, count) = match range {
@@ -411,7 +465,11 @@ pub(super) async fn serve_file(path: &std::path::Path, sha256: &str, filename: &
         HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")).map_err(ApiError::internal)?,
     );
     if status == StatusCode::PARTIAL_CONTENT {
-        h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {}-{}/{len}", start, start + count - 1)).map_err(ApiError::internal)?);
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {}-{}/{len}", start, start + count - 1))
+                .map_err(ApiError::internal)?,
+        );
     }
     Ok(resp)
 }
@@ -428,7 +486,12 @@ pub(super) async fn serve_file(path: &std::path::Path, sha256: &str, filename: &
         (status = 416, description = "Unsatisfiable range", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown format", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn download_model(State(st): State<AppState>, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<DownloadQuery>, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn download_model(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DownloadQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let row = load_model(&st, &id).await?;
     match q.format.as_deref().unwrap_or("native") {
         "native" => {}

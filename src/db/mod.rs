@@ -85,7 +85,12 @@ pub async fn get_model(db: &Db, id: &str) -> Result<Option<ModelRow>, sqlx::Erro
 }
 
 /// Newest first; `before` is the cursor (an id from the previous page).
-pub async fn list_models(db: &Db, name: Option<&str>, before: Option<&str>, limit: i64) -> Result<Vec<ModelRow>, sqlx::Error> {
+pub async fn list_models(
+    db: &Db,
+    name: Option<&str>,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ModelRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {MODEL_COLS} FROM models
          WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR id < ?2)
@@ -178,7 +183,12 @@ pub async fn get_dataset(db: &Db, id: &str) -> Result<Option<DatasetRow>, sqlx::
     sqlx::query_as(&format!("SELECT {DATASET_COLS} FROM datasets WHERE id = ?")).bind(id).fetch_optional(db).await
 }
 
-pub async fn list_datasets(db: &Db, name: Option<&str>, before: Option<&str>, limit: i64) -> Result<Vec<DatasetRow>, sqlx::Error> {
+pub async fn list_datasets(
+    db: &Db,
+    name: Option<&str>,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DatasetRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {DATASET_COLS} FROM datasets
          WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR id < ?2)
@@ -289,12 +299,11 @@ pub async fn insert_job(db: &Db, j: &NewJob, max_queued: usize) -> Result<Insert
         return Ok(InsertJob::QueueFull);
     }
     for input in &j.inputs {
-        let exists: Option<(i64,)> = sqlx::query_as(
-            "SELECT 1 FROM models WHERE id = ?1 UNION ALL SELECT 1 FROM datasets WHERE id = ?1 LIMIT 1",
-        )
-        .bind(input)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let exists: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM models WHERE id = ?1 UNION ALL SELECT 1 FROM datasets WHERE id = ?1 LIMIT 1")
+                .bind(input)
+                .fetch_optional(&mut *tx)
+                .await?;
         if exists.is_none() {
             tx.rollback().await?;
             return Ok(InsertJob::MissingInput(input.clone()));
@@ -383,7 +392,13 @@ pub async fn heartbeat(db: &Db, ids: &[String]) -> Result<(), sqlx::Error> {
 }
 
 /// Marks a running job finished (`failed` or `cancelled`) with an error object.
-pub async fn finish_job_without_output(db: &Db, id: &str, status: &str, error: Option<&str>, report: Option<&str>) -> Result<(), sqlx::Error> {
+pub async fn finish_job_without_output(
+    db: &Db,
+    id: &str,
+    status: &str,
+    error: Option<&str>,
+    report: Option<&str>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE jobs SET status = ?, error = ?, report = COALESCE(?, report), finished_at = ?, heartbeat_at = NULL
          WHERE id = ? AND status = 'running'",

@@ -139,7 +139,12 @@ impl JobsHandle {
         }
     }
 
-    async fn dispatch_loop(self, sem: Arc<Semaphore>, cmd_tx: std::sync::mpsc::SyncSender<JobCommand>, ev_tx: mpsc::Sender<WorkerEvent>) {
+    async fn dispatch_loop(
+        self,
+        sem: Arc<Semaphore>,
+        cmd_tx: std::sync::mpsc::SyncSender<JobCommand>,
+        ev_tx: mpsc::Sender<WorkerEvent>,
+    ) {
         let mut stop = self.inner.stopping.subscribe();
         loop {
             if *stop.borrow() {
@@ -192,8 +197,10 @@ impl JobsHandle {
 
     /// Resolves everything the worker needs (files, specs) so it never touches the database.
     async fn prepare(&self, row: db::JobRow, events: mpsc::Sender<WorkerEvent>) -> Result<JobContext, JobError> {
-        let raw: Value = serde_json::from_str(&row.params).map_err(|e| JobError::Internal(format!("stored params: {e}")))?;
-        let params = params::parse(&row.kind, &raw, &self.inner.rules).map_err(|e| JobError::Invalid { field: e.field.clone(), detail: e.detail })?;
+        let raw: Value =
+            serde_json::from_str(&row.params).map_err(|e| JobError::Internal(format!("stored params: {e}")))?;
+        let params = params::parse(&row.kind, &raw, &self.inner.rules)
+            .map_err(|e| JobError::Invalid { field: e.field.clone(), detail: e.detail })?;
         let db = &self.inner.db;
         let store = &self.inner.store;
         let mut models = HashMap::new();
@@ -206,7 +213,8 @@ impl JobsHandle {
                 .await
                 .map_err(|e| JobError::Internal(e.to_string()))?
                 .ok_or_else(|| JobError::input(format!("model '{id}' no longer exists")))?;
-            models.insert(id.clone(), InputModel { path: store.model_path(&m.id), id: m.id, name: m.name, spec: m.spec });
+            models
+                .insert(id.clone(), InputModel { path: store.model_path(&m.id), id: m.id, name: m.name, spec: m.spec });
         }
         let mut datasets = HashMap::new();
         for id in params.dataset_ids() {
@@ -357,7 +365,11 @@ impl JobsHandle {
                 }
             }
         };
-        self.inner.metrics.inc("modelpress_jobs_total", vec![("kind", kind.clone()), ("outcome", outcome.to_string())], 1.0);
+        self.inner.metrics.inc(
+            "modelpress_jobs_total",
+            vec![("kind", kind.clone()), ("outcome", outcome.to_string())],
+            1.0,
+        );
         self.inner.metrics.observe("modelpress_job_duration_seconds", vec![("kind", kind)], duration.as_secs_f64());
         self.running().remove(&job_id);
         drop(permit);

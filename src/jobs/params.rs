@@ -71,10 +71,9 @@ pub fn parse(kind: &str, params: &Value, rules: &ParamRules) -> Result<JobParams
             }
             Ok(JobParams::DebugSleep(p))
         }
-        other => Err(ApiError::validation(
-            "kind",
-            format!("unknown job kind '{other}'; supported: {}", KINDS.join(", ")),
-        )),
+        other => {
+            Err(ApiError::validation("kind", format!("unknown job kind '{other}'; supported: {}", KINDS.join(", "))))
+        }
     }
 }
 

@@ -11,12 +11,18 @@ use std::sync::{Arc, Mutex};
 use super::{Finished, JobCommand, JobError, WorkerEvent};
 
 /// Starts `count` worker threads taking commands from `rx`.
-pub fn spawn_workers(count: usize, job_threads: usize, rx: Receiver<JobCommand>) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+pub fn spawn_workers(
+    count: usize,
+    job_threads: usize,
+    rx: Receiver<JobCommand>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let rx = Arc::new(Mutex::new(rx));
     (0..count)
         .map(|i| {
             let rx = rx.clone();
-            std::thread::Builder::new().name(format!("modelpress-worker-{i}")).spawn(move || worker_loop(i, job_threads, rx))
+            std::thread::Builder::new()
+                .name(format!("modelpress-worker-{i}"))
+                .spawn(move || worker_loop(i, job_threads, rx))
         })
         .collect()
 }

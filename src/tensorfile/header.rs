@@ -239,7 +239,12 @@ pub fn parse_header<R: Read>(mut r: R, file_len: u64, limits: HeaderLimits) -> R
     parse_header_json(&json, 8 + len, file_len, limits)
 }
 
-fn parse_header_json(json: &[u8], data_start: u64, file_len: u64, limits: HeaderLimits) -> Result<Header, TensorfileError> {
+fn parse_header_json(
+    json: &[u8],
+    data_start: u64,
+    file_len: u64,
+    limits: HeaderLimits,
+) -> Result<Header, TensorfileError> {
     let entries: Entries = serde_json::from_slice(json).map_err(|e| TensorfileError::InvalidJson(e.to_string()))?;
     let data_len = file_len - data_start;
     let mut seen = HashSet::new();
@@ -250,25 +255,23 @@ fn parse_header_json(json: &[u8], data_start: u64, file_len: u64, limits: Header
             return Err(TensorfileError::Duplicate(name));
         }
         if name == "__metadata__" {
-            metadata = serde_json::from_value(value).map_err(|e| {
-                TensorfileError::InvalidJson(format!("__metadata__ must map strings to strings: {e}"))
-            })?;
+            metadata = serde_json::from_value(value)
+                .map_err(|e| TensorfileError::InvalidJson(format!("__metadata__ must map strings to strings: {e}")))?;
             continue;
         }
         if tensors.len() >= limits.max_tensors {
             return Err(TensorfileError::TooManyTensors { count: tensors.len() + 1, limit: limits.max_tensors });
         }
-        let raw: RawEntry = serde_json::from_value(value)
-            .map_err(|e| TensorfileError::InvalidJson(format!("tensor '{name}': {e}")))?;
-        let dtype = Dtype::parse(&raw.dtype).ok_or_else(|| TensorfileError::UnknownDtype {
-            name: name.clone(),
-            dtype: raw.dtype.clone(),
-        })?;
+        let raw: RawEntry =
+            serde_json::from_value(value).map_err(|e| TensorfileError::InvalidJson(format!("tensor '{name}': {e}")))?;
+        let dtype = Dtype::parse(&raw.dtype)
+            .ok_or_else(|| TensorfileError::UnknownDtype { name: name.clone(), dtype: raw.dtype.clone() })?;
         let (begin, end) = raw.data_offsets;
         if end < begin {
             return Err(TensorfileError::ReversedRange { name, begin, end });
         }
-        let expected: u128 = raw.shape.iter().map(|&d| d as u128).product::<u128>() * dtype.size() as u128;
+        let expected: u128 =
+            raw.shape.iter().try_fold(dtype.size() as u128, |acc, &d| acc.checked_mul(d as u128)).unwrap_or(u128::MAX);
         let shape: Vec<usize> = raw.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
         if expected != (end - begin) as u128 {
             return Err(TensorfileError::SizeMismatch {
@@ -341,16 +344,44 @@ mod tests {
     fn rejects_each_defect() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![1, 2, 3], "8-byte header length"),
-            ({ let mut v = file("{}", 0); v[0] = 200; v }, "goes beyond the file"),
+            (
+                {
+                    let mut v = file("{}", 0);
+                    v[0] = 200;
+                    v
+                },
+                "goes beyond the file",
+            ),
             (file("{not json", 0), "not valid JSON"),
             (file(r#"{"w":{"dtype":"Q9","shape":[1],"data_offsets":[0,4]}}"#, 4), "unknown dtype 'Q9'"),
-            (file(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8), "needs 12 bytes but data_offsets span 8"),
+            (
+                file(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8),
+                "needs 12 bytes but data_offsets span 8",
+            ),
             (file(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4), "beyond the data section"),
-            (file(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"v":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, 12), "overlap"),
+            (
+                file(
+                    r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"v":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                    12,
+                ),
+                "overlap",
+            ),
             (file(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8), "gap of 4 bytes"),
             (file(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 9), "5 trailing bytes"),
-            (file(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8), "duplicate tensor name 'w'"),
-            (file(r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[1,2]},"c":{"dtype":"U8","shape":[1],"data_offsets":[2,3]},"d":{"dtype":"U8","shape":[1],"data_offsets":[3,4]}}"#, 4), "exceed the limit of 3"),
+            (
+                file(
+                    r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                    8,
+                ),
+                "duplicate tensor name 'w'",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[1,2]},"c":{"dtype":"U8","shape":[1],"data_offsets":[2,3]},"d":{"dtype":"U8","shape":[1],"data_offsets":[3,4]}}"#,
+                    4,
+                ),
+                "exceed the limit of 3",
+            ),
             (file(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#, 4), "reversed"),
         ];
         for (bytes, want) in cases {

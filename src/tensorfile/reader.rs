@@ -51,17 +51,15 @@ impl Tensorfile {
             Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             Dtype::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             Dtype::Bf16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::F64 => b
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8")) as f32)
-                .collect(),
+            Dtype::F64 => {
+                b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8")) as f32).collect()
+            }
             Dtype::U8 => b.iter().map(|&v| v as f32).collect(),
             Dtype::I8 => b.iter().map(|&v| v as i8 as f32).collect(),
             Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
-            Dtype::I64 => b
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8")) as f32)
-                .collect(),
+            Dtype::I64 => {
+                b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8")) as f32).collect()
+            }
             other => {
                 return Err(TensorfileError::Tensor {
                     name: t.name.clone(),

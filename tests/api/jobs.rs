@@ -54,7 +54,10 @@ async fn f16_cast_end_to_end() {
         }
         let entry = report["tensors"].as_array().unwrap().iter().find(|e| e["name"] == name.as_str()).unwrap();
         let reported = entry["max_abs_error"].as_f64().unwrap();
-        assert!((reported - max_err as f64).abs() <= 1e-9 + max_err as f64 * 1e-6, "{name}: reported {reported}, measured {max_err}");
+        assert!(
+            (reported - max_err as f64).abs() <= 1e-9 + max_err as f64 * 1e-6,
+            "{name}: reported {reported}, measured {max_err}"
+        );
         assert!(entry["rel_error"].as_f64().unwrap() < 5e-4);
     }
     let before = report["bytes_before"].as_u64().unwrap();
@@ -74,7 +77,15 @@ async fn bf16_keeps_integer_tensors() {
     let job = app.submit(json!({"kind": "quantize", "model_id": m["id"], "params": {"scheme": "bf16"}})).await;
     let job = app.wait_for_job(job["id"].as_str().unwrap(), 30).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    let out = app.client.get(app.url(&format!("/v1/models/{}/download", job["output_model_id"].as_str().unwrap()))).send().await.unwrap().bytes().await.unwrap();
+    let out = app
+        .client
+        .get(app.url(&format!("/v1/models/{}/download", job["output_model_id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let t = read_tensors(&out);
     assert_eq!(t["fc.weight"].dtype(), candle_core::DType::BF16);
     assert_eq!(t["steps"].dtype(), candle_core::DType::I64);
@@ -91,7 +102,11 @@ async fn invalid_submissions_name_the_field() {
     let cases = vec![
         (json!({"kind": "shrink", "model_id": id}), 422, Some("kind")),
         (json!({"kind": "quantize", "params": {"scheme": "f16"}}), 422, Some("model_id")),
-        (json!({"kind": "quantize", "model_id": "00000000-0000-0000-0000-000000000000", "params": {"scheme": "f16"}}), 422, Some("model_id")),
+        (
+            json!({"kind": "quantize", "model_id": "00000000-0000-0000-0000-000000000000", "params": {"scheme": "f16"}}),
+            422,
+            Some("model_id"),
+        ),
         (json!({"kind": "quantize", "model_id": "nope", "params": {"scheme": "f16"}}), 422, Some("model_id")),
         (json!({"kind": "quantize", "model_id": id, "params": {"scheme": "f12"}}), 422, Some("params.scheme")),
         (json!({"kind": "quantize", "model_id": id, "params": {"scheme": "f16", "bogus": 1}}), 422, Some("params")),
@@ -106,7 +121,14 @@ async fn invalid_submissions_name_the_field() {
             assert_eq!(p["field"], f, "{body}: {p}");
         }
     }
-    let r = app.client.post(app.url("/v1/jobs")).header("content-type", "application/json").body("{oops").send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/v1/jobs"))
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     assert!(app.get_json("/v1/jobs").await["items"].as_array().unwrap().is_empty());

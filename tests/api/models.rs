@@ -22,7 +22,10 @@ async fn raw_upload_then_get_and_list() {
     assert!(m["parent_model_id"].is_null() && m["job_id"].is_null());
     let got = app.get_json(&loc).await;
     assert_eq!(got["id"], m["id"]);
-    assert_eq!(got["bytes_by_dtype"]["F32"], (bytes.len() as u64) - 8 - u64::from_le_bytes(bytes[..8].try_into().unwrap()));
+    assert_eq!(
+        got["bytes_by_dtype"]["F32"],
+        (bytes.len() as u64) - 8 - u64::from_le_bytes(bytes[..8].try_into().unwrap())
+    );
     let list = app.get_json("/v1/models").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     assert!(list["next_cursor"].is_null());
@@ -116,16 +119,74 @@ async fn bad_uploads_are_refused_and_leave_nothing() {
     let app = spawn_with(|c| c.max_tensors = 3).await;
     let cases: Vec<(Vec<u8>, u16, &str, &str)> = vec![
         (vec![1, 2, 3], 422, "invalid_safetensors", "8-byte header length"),
-        ({ let mut v = header_only("{}", 0); v[0] = 99; v }, 422, "invalid_safetensors", "beyond the file"),
+        (
+            {
+                let mut v = header_only("{}", 0);
+                v[0] = 99;
+                v
+            },
+            422,
+            "invalid_safetensors",
+            "beyond the file",
+        ),
         (header_only("{nope", 0), 422, "invalid_safetensors", "not valid JSON"),
-        (header_only(r#"{"w":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}}"#, 4), 422, "invalid_safetensors", "unknown dtype"),
-        (header_only(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8), 422, "invalid_safetensors", "needs 12 bytes"),
-        (header_only(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4), 422, "invalid_safetensors", "beyond the data section"),
-        (header_only(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, 12), 422, "invalid_safetensors", "overlap"),
-        (header_only(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8), 422, "invalid_safetensors", "gap"),
-        (header_only(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 6), 422, "invalid_safetensors", "trailing"),
-        (header_only(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8), 422, "invalid_safetensors", "duplicate"),
-        (header_only(r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[1,2]},"c":{"dtype":"U8","shape":[1],"data_offsets":[2,3]},"d":{"dtype":"U8","shape":[1],"data_offsets":[3,4]}}"#, 4), 422, "invalid_safetensors", "limit of 3"),
+        (
+            header_only(r#"{"w":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}}"#, 4),
+            422,
+            "invalid_safetensors",
+            "unknown dtype",
+        ),
+        (
+            header_only(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8),
+            422,
+            "invalid_safetensors",
+            "needs 12 bytes",
+        ),
+        (
+            header_only(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4),
+            422,
+            "invalid_safetensors",
+            "beyond the data section",
+        ),
+        (
+            header_only(
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                12,
+            ),
+            422,
+            "invalid_safetensors",
+            "overlap",
+        ),
+        (
+            header_only(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8),
+            422,
+            "invalid_safetensors",
+            "gap",
+        ),
+        (
+            header_only(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 6),
+            422,
+            "invalid_safetensors",
+            "trailing",
+        ),
+        (
+            header_only(
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                8,
+            ),
+            422,
+            "invalid_safetensors",
+            "duplicate",
+        ),
+        (
+            header_only(
+                r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[1,2]},"c":{"dtype":"U8","shape":[1],"data_offsets":[2,3]},"d":{"dtype":"U8","shape":[1],"data_offsets":[3,4]}}"#,
+                4,
+            ),
+            422,
+            "invalid_safetensors",
+            "limit of 3",
+        ),
     ];
     for (bytes, status, code, detail) in cases {
         let r = app.upload_raw(bytes, "bad").await;
@@ -157,7 +218,14 @@ async fn oversized_upload_gets_413_and_leaves_nothing() {
     // Without a Content-Length the limit is enforced while streaming.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10).map(|_| Ok(vec![0u8; 500])).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let r = app.client.post(app.url("/v1/models")).header("content-type", "application/octet-stream").body(body).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/v1/models"))
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert!(app.artifact_files().is_empty(), "files left: {:?}", app.artifact_files());
     app.stop().await;

@@ -21,7 +21,8 @@ fn openapi_yaml_matches_the_code() {
 async fn served_document_is_the_committed_one() {
     let app = spawn_app().await;
     let served = app.client.get(app.url("/openapi.yaml")).send().await.unwrap().text().await.unwrap();
-    let committed = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.yaml")).unwrap();
+    let committed =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.yaml")).unwrap();
     assert_eq!(served, committed);
     let json: serde_json::Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
@@ -33,7 +34,10 @@ async fn served_document_is_the_committed_one() {
             let r = app.client.request(m, app.url(&concrete)).send().await.unwrap();
             if r.status() == 404 {
                 let p: serde_json::Value = r.json().await.unwrap();
-                assert_ne!(p["detail"], "no such route; see /openapi.yaml", "{method} {path} is documented but not routed");
+                assert_ne!(
+                    p["detail"], "no such route; see /openapi.yaml",
+                    "{method} {path} is documented but not routed"
+                );
             }
         }
     }
