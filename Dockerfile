@@ -18,13 +18,13 @@ RUN apt-get update \
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin modelpress \
     && mkdir -p /data && chown modelpress /data
 COPY --from=build /src/target/release/modelpress /usr/local/bin/modelpress
-USER modelpress
+USER 10001
 ENV MODELPRESS_BIND=0.0.0.0:8080 \
     MODELPRESS_DATA_DIR=/data \
     MODELPRESS_LOG_FORMAT=json
 VOLUME ["/data"]
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+    CMD ["curl", "-fsS", "http://127.0.0.1:8080/healthz"]
 ENTRYPOINT ["/usr/local/bin/modelpress"]
 CMD ["serve"]

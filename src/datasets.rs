@@ -71,14 +71,15 @@ fn read_labels(tf: &Tensorfile, name: &str) -> Result<Vec<i64>, DatasetError> {
     let b = tf.bytes(t);
     Ok(match t.dtype {
         Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
-        Dtype::U64 => b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as i64).collect(),
         Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect(),
         Dtype::U32 => b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect(),
         Dtype::I16 => b.chunks_exact(2).map(|c| i16::from_le_bytes(c.try_into().expect("2 bytes")) as i64).collect(),
-        Dtype::U16 => b.chunks_exact(2).map(|c| u16::from_le_bytes(c.try_into().expect("2 bytes")) as i64).collect(),
-        Dtype::I8 => b.iter().map(|&v| v as i8 as i64).collect(),
         Dtype::U8 => b.iter().map(|&v| v as i64).collect(),
-        other => return Err(invalid(format!("'{name}' must hold integer class ids, got {other}"))),
+        other => {
+            return Err(invalid(format!(
+                "'{name}' must hold integer class ids (I64, I32, U32, I16 or U8), got {other}"
+            )))
+        }
     })
 }
 
@@ -99,8 +100,23 @@ pub fn inspect(path: &Path, limits: HeaderLimits) -> Result<DatasetInfo, Dataset
                 x.shape
             )));
         }
-        if matches!(x.dtype, Dtype::Bool | Dtype::F8E4M3 | Dtype::F8E5M2) {
-            return Err(invalid(format!("'{xn}' has unsupported dtype {}", x.dtype)));
+        // The dtypes the execution engine (candle) can load.
+        if !matches!(
+            x.dtype,
+            Dtype::U8
+                | Dtype::U32
+                | Dtype::I16
+                | Dtype::I32
+                | Dtype::I64
+                | Dtype::F16
+                | Dtype::Bf16
+                | Dtype::F32
+                | Dtype::F64
+        ) {
+            return Err(invalid(format!(
+                "'{xn}' has unsupported dtype {}; use U8, U32, I16, I32, I64, F16, BF16, F32 or F64",
+                x.dtype
+            )));
         }
         let n = x.shape[0] as u64;
         let mut info = SplitInfo {

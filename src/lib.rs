@@ -13,11 +13,13 @@
 //! `nn`, `tensorfile`) know nothing of HTTP, tokio or SQL.
 
 pub mod api;
+pub mod compress;
 pub mod config;
 pub mod datasets;
 pub mod db;
 pub mod error;
 pub mod jobs;
+pub mod nn;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

@@ -73,11 +73,30 @@ async fn precheck(st: &AppState, params: &JobParams, model_id: Option<&str>) -> 
         }
         inputs.push(id);
     }
-    for id in params.dataset_ids() {
-        if uuid::Uuid::parse_str(&id).is_err() || db::get_dataset(&st.db, &id).await?.is_none() {
-            return Err(ApiError::validation("params.dataset_id", format!("dataset '{id}' does not exist")));
+    let needs = params.needs();
+    let spec = if needs.spec {
+        let id = model_id.unwrap_or_default();
+        let row = db::get_model(&st.db, id)
+            .await?
+            .ok_or_else(|| ApiError::validation("model_id", format!("model '{id}' does not exist")))?;
+        Some(super::specs::stored_spec(row.spec.as_deref(), id, "model_id")?)
+    } else {
+        None
+    };
+    for (id, split, labels) in &needs.data {
+        let field = "params.dataset_id";
+        let row = match uuid::Uuid::parse_str(id) {
+            Ok(_) => db::get_dataset(&st.db, id).await?,
+            Err(_) => None,
+        };
+        let row = row.ok_or_else(|| ApiError::validation(field, format!("dataset '{id}' does not exist")))?;
+        if let Some(spec) = &spec {
+            let info: crate::datasets::DatasetInfo = serde_json::from_str(&row.info).map_err(ApiError::internal)?;
+            super::specs::check_model_dataset(spec, id, &info, split.as_deref(), *labels, field)?;
         }
-        inputs.push(id);
+        if !inputs.contains(id) {
+            inputs.push(id.clone());
+        }
     }
     Ok(inputs)
 }

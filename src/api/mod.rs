@@ -2,6 +2,7 @@
 //! cannot exist without its OpenAPI entry. Handlers run on the tokio runtime and only do
 //! short, bounded work; compute goes to the job workers.
 
+pub mod dashboard;
 pub mod datasets;
 pub mod extract;
 pub mod health;
@@ -50,6 +51,7 @@ impl AppState {
         (name = "models", description = "Uploaded and derived models"),
         (name = "datasets", description = "Uploaded datasets"),
         (name = "jobs", description = "Compression and training jobs"),
+        (name = "dashboard", description = "The web dashboard"),
         (name = "operations", description = "Health, metrics, contract"),
     ),
     components(schemas(crate::error::Problem))
@@ -67,11 +69,15 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(uploads)
         .routes(routes!(models::get_model, models::delete_model))
         .routes(routes!(models::download_model))
+        .routes(routes!(specs::put_spec))
         .routes(routes!(datasets::get_dataset, datasets::delete_dataset))
         .routes(routes!(jobs::create_job, jobs::list_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::job_events))
+        .routes(routes!(dashboard::index))
+        .routes(routes!(dashboard::app_js))
+        .routes(routes!(dashboard::style_css))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

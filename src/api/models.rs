@@ -51,7 +51,7 @@ pub struct Model {
 }
 
 impl Model {
-    fn from_row(r: ModelRow, detail: bool) -> Model {
+    pub(super) fn from_row(r: ModelRow, detail: bool) -> Model {
         Model {
             bytes_by_dtype: serde_json::from_str(&r.dtype_bytes).unwrap_or_default(),
             metadata: serde_json::from_str(&r.metadata).unwrap_or_default(),

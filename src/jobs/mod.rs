@@ -7,9 +7,11 @@
 //! the reporter task, which persists them and broadcasts them to SSE subscribers.
 
 pub mod dispatcher;
+pub mod engine;
 pub mod params;
 pub mod quantize;
 pub mod runner;
+pub mod training;
 pub mod view;
 pub mod worker;
 

@@ -10,6 +10,8 @@ use super::{JobContext, JobError, JobOutput};
 pub fn run_job(ctx: &JobContext) -> Result<JobOutput, JobError> {
     match &ctx.params {
         JobParams::Quantize(p) => super::quantize::run(ctx, p),
+        JobParams::Evaluate(p) => super::training::run_evaluate(ctx, p),
+        JobParams::Train(p) => super::training::run_train(ctx, p),
         JobParams::DebugSleep(p) => debug_sleep(ctx, p),
     }
 }

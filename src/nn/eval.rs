@@ -180,3 +180,44 @@ pub fn compare(reference: &Network, other: &Network, x: &Tensor, batch_size: usi
         max_abs_diff: max_diff,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::data::Dataset;
+    use crate::nn::model::tests::{teacher, FIXTURES};
+
+    #[test]
+    fn report_is_consistent() {
+        let ds = Dataset::load(std::path::Path::new(&format!("{FIXTURES}/digits.safetensors"))).unwrap();
+        let test = ds.test.unwrap();
+        let y = test.y.as_ref().unwrap();
+        let r = evaluate(&teacher(), &test.x, y, 50).unwrap();
+        let diag: u64 = (0..10).map(|c| r.confusion[c][c]).sum();
+        assert_eq!(diag, r.correct);
+        let total: u64 = r.confusion.iter().flatten().sum();
+        assert_eq!(total, 360);
+        for (c, acc) in r.per_class_accuracy.iter().enumerate() {
+            let n = y.iter().filter(|&&l| l as usize == c).count() as f64;
+            assert!((acc - r.confusion[c][c] as f64 / n).abs() < 1e-12);
+        }
+        assert!(r.top5_accuracy >= r.accuracy && r.top5_accuracy <= 1.0);
+        assert!(r.mean_loss > 0.0 && r.mean_loss < 0.5, "{}", r.mean_loss);
+        assert!(r.samples_per_sec > 0.0 && r.mean_batch_latency_ms > 0.0);
+
+        // A wrong label costs accuracy and loss.
+        let mut wrong = y.clone();
+        wrong[0] = (wrong[0] + 1) % 10;
+        let r2 = evaluate(&teacher(), &test.x, &wrong, 50).unwrap();
+        assert!(r2.correct < r.correct && r2.mean_loss > r.mean_loss);
+    }
+
+    #[test]
+    fn comparing_a_network_with_itself() {
+        let ds = Dataset::load(std::path::Path::new(&format!("{FIXTURES}/digits.safetensors"))).unwrap();
+        let x = ds.test.unwrap().x;
+        let a = compare(&teacher(), &teacher(), &x, 64).unwrap();
+        assert_eq!(a.top1_agreement, 1.0);
+        assert!(a.mean_kl.abs() < 1e-6 && a.max_abs_diff == 0.0, "{a:?}");
+    }
+}

@@ -4,7 +4,10 @@
 //! Everything here is pure and synchronous (no tokio, no I/O except reading dataset files in
 //! [`data`]). Callers are the job worker threads (training, distillation, pruning fine-tuning,
 //! quantization reports) and the inference threads, which share a [`Network`] (`Send + Sync`).
-//! candle runs its kernels on its own CPU pool; callers decide thread counts.
+//! candle runs its kernels on its own rayon pool, sized by `RAYON_NUM_THREADS` (default: all
+//! physical cores). Callers decide thread counts: on the shared 2-core dev box, with other
+//! processes busy, one thread per computation was 4–20× faster than two (spin-waiting pool);
+//! see `benches/nn.rs`.
 //!
 //! - [`spec`]: the JSON architecture format (`modelpress.spec` v1), validation, shape inference,
 //!   the parameter list and weight checking.
@@ -14,16 +17,20 @@
 //! - [`data`]: dataset splits loaded from safetensors.
 
 pub mod data;
+mod dense;
 pub mod eval;
 pub mod model;
 mod ops;
 pub mod spec;
+pub mod train;
 
 pub use data::{Dataset, Split};
 pub use eval::{compare, evaluate, Agreement, EvalReport};
 pub use model::{Network, Param};
-pub use spec::{
-    Layer, ModelSpec, ParamInfo, ParamKind, SpecCheck, SpecError, SpecMismatch, TensorMeta,
+pub use spec::{Layer, ModelSpec, ParamInfo, ParamKind, SpecCheck, SpecError, SpecMismatch, TensorMeta};
+pub use train::{
+    cross_entropy, init_params, train, Batch, EpochStats, Init, LrSchedule, NoHooks, OptimizerConfig, ParamStore,
+    TrainConfig, TrainHooks, TrainOutcome, TrainState,
 };
 
 /// Errors of the execution engine. Messages are meant for API users (they end up in 422 bodies).

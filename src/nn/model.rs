@@ -14,6 +14,7 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::dense::{self, DenseChain, LinearWeights};
 use super::ops::{self, Preprocessor};
 use super::spec::{layer_prefix, Layer, ModelSpec, OutputKind, Slot, TensorMeta};
 use super::NnError;
@@ -31,14 +32,8 @@ impl Param {
     /// dtype and shape as the network sees them (quantized tensors count as F32).
     pub fn logical_meta(&self) -> TensorMeta {
         match self {
-            Param::Float(t) => TensorMeta {
-                dtype: dtype_name(t.dtype()).to_string(),
-                shape: t.dims().to_vec(),
-            },
-            Param::Quantized(q) => TensorMeta {
-                dtype: "F32".to_string(),
-                shape: q.shape().dims().to_vec(),
-            },
+            Param::Float(t) => TensorMeta { dtype: dtype_name(t.dtype()).to_string(), shape: t.dims().to_vec() },
+            Param::Quantized(q) => TensorMeta { dtype: "F32".to_string(), shape: q.shape().dims().to_vec() },
         }
     }
 
@@ -72,10 +67,7 @@ pub fn dtype_name(d: DType) -> &'static str {
 fn check_finite(name: &str, t: &Tensor) -> Result<(), NnError> {
     let values = t.flatten_all()?.to_vec1::<f32>()?;
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(NnError::Param {
-            name: name.to_string(),
-            reason: format!("contains {} at index {i}", values[i]),
-        });
+        return Err(NnError::Param { name: name.to_string(), reason: format!("contains {} at index {i}", values[i]) });
     }
     Ok(())
 }
@@ -102,7 +94,10 @@ enum Node {
         groups: usize,
     },
     /// Folded batch norm: `x * scale + shift`, both shaped `[C, 1, ...]`.
-    ChannelAffine { scale: Tensor, shift: Tensor },
+    ChannelAffine {
+        scale: Tensor,
+        shift: Tensor,
+    },
     LayerNorm {
         dims: usize,
         eps: f64,
@@ -126,6 +121,8 @@ pub struct Network {
     spec: ModelSpec,
     pre: Preprocessor,
     nodes: Vec<Node>,
+    /// Plain-Rust path for small batches of linear/ReLU chains (see [`super::dense`]).
+    dense: Option<DenseChain>,
 }
 
 impl std::fmt::Debug for Network {
@@ -142,26 +139,29 @@ impl Network {
     /// Builds the network. Checks every needed tensor (all problems listed), converts floats to
     /// f32, rejects NaN/inf weights. Tensors not used by the spec are ignored.
     pub fn new(spec: &ModelSpec, params: HashMap<String, Param>) -> Result<Network, NnError> {
-        let logical: BTreeMap<String, TensorMeta> = params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.logical_meta()))
-            .collect();
+        let logical: BTreeMap<String, TensorMeta> = params.iter().map(|(k, v)| (k.clone(), v.logical_meta())).collect();
         spec.check_weights(&logical)?;
         let mut builder = Builder { params: &params };
         let nodes = builder.build(&spec.layers, "", Slot::Top, &spec.input.shape)?;
-        Ok(Network {
-            spec: spec.clone(),
-            pre: Preprocessor::new(&spec.input)?,
-            nodes,
-        })
+        let dense = DenseChain::compile(spec, |prefix| {
+            let float = |name: &str| match params.get(name) {
+                Some(Param::Float(t)) => t.to_dtype(DType::F32).ok(),
+                _ => None,
+            };
+            let w = float(&format!("{prefix}.weight"))?;
+            let wt = w.t().ok()?.flatten_all().ok()?.to_vec1::<f32>().ok()?;
+            let bias = match float(&format!("{prefix}.bias")) {
+                Some(b) => b.to_vec1::<f32>().ok()?,
+                None => Vec::new(),
+            };
+            Some(LinearWeights { wt, bias })
+        });
+        Ok(Network { spec: spec.clone(), pre: Preprocessor::new(&spec.input)?, nodes, dense })
     }
 
     /// Builds the network from f32 (or other float) tensors, e.g. a training outcome.
     pub fn from_tensors(spec: &ModelSpec, params: &HashMap<String, Tensor>) -> Result<Network, NnError> {
-        let params = params
-            .iter()
-            .map(|(k, v)| (k.clone(), Param::Float(v.clone())))
-            .collect();
+        let params = params.iter().map(|(k, v)| (k.clone(), Param::Float(v.clone()))).collect();
         Self::new(spec, params)
     }
 
@@ -189,6 +189,9 @@ impl Network {
                 join(&self.spec.input.shape)
             )));
         }
+        if dims[0] == 0 {
+            return Err(NnError::Input("the batch is empty".into()));
+        }
         Ok(())
     }
 
@@ -200,8 +203,24 @@ impl Network {
 
     /// Eval-mode forward: raw batch `[N, ...input.shape]` → `[N, classes]` f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, NnError> {
+        if let Some(dense) = &self.dense {
+            self.check_input(x)?;
+            if x.dim(0)? <= dense::MAX_BATCH {
+                return Ok(dense.forward(x)?);
+            }
+        }
+        self.forward_candle(x)
+    }
+
+    /// Forward through candle ops only (what batches above the small-batch path use).
+    pub fn forward_candle(&self, x: &Tensor) -> Result<Tensor, NnError> {
         let x = self.preprocess(x)?;
         self.forward_preprocessed(&x)
+    }
+
+    /// Whether small batches take the plain-Rust path (linear/ReLU chains on vectors).
+    pub fn has_small_batch_path(&self) -> bool {
+        self.dense.is_some()
     }
 
     /// Forward of an already preprocessed f32 batch (skips conversion and preprocessing).
@@ -244,11 +263,7 @@ fn run_node(node: &Node, x: &Tensor) -> candle_core::Result<Tensor> {
     match node {
         Node::Linear { w, b, out } => {
             let dims = x.dims().to_vec();
-            let x2 = if dims.len() == 2 {
-                x.clone()
-            } else {
-                x.reshape(((), dims[dims.len() - 1]))?
-            };
+            let x2 = if dims.len() == 2 { x.clone() } else { x.reshape(((), dims[dims.len() - 1]))? };
             let y = match w {
                 LinearWeight::Float(wt) => x2.matmul(wt)?,
                 LinearWeight::Quantized(q) => q.forward(&x2.contiguous()?)?,
@@ -265,14 +280,7 @@ fn run_node(node: &Node, x: &Tensor) -> candle_core::Result<Tensor> {
                 y.reshape(od)
             }
         }
-        Node::Conv {
-            w,
-            b,
-            stride,
-            padding,
-            dilation,
-            groups,
-        } => {
+        Node::Conv { w, b, stride, padding, dilation, groups } => {
             let y = if padding.0 == padding.1 {
                 x.conv2d(w, padding.0, *stride, *dilation, *groups)?
             } else {
@@ -337,10 +345,8 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn f32(&self, name: &str) -> Result<Tensor, NnError> {
-        let p = self.params.get(name).ok_or_else(|| NnError::Param {
-            name: name.to_string(),
-            reason: "missing".into(),
-        })?;
+        let p =
+            self.params.get(name).ok_or_else(|| NnError::Param { name: name.to_string(), reason: "missing".into() })?;
         p.to_f32(name)
     }
 
@@ -369,16 +375,8 @@ impl Builder<'_> {
                     Some(Param::Quantized(q)) => LinearWeight::Quantized(QMatMul::from_arc(q.clone())?),
                     _ => LinearWeight::Float(self.f32(&wname)?.t()?.contiguous()?),
                 };
-                let b = if l.bias {
-                    Some(self.f32(&format!("{prefix}.bias"))?)
-                } else {
-                    None
-                };
-                Node::Linear {
-                    w,
-                    b,
-                    out: l.out_features,
-                }
+                let b = if l.bias { Some(self.f32(&format!("{prefix}.bias"))?) } else { None };
+                Node::Linear { w, b, out: l.out_features }
             }
             Layer::Conv2d(c) => {
                 let w = self.f32(&format!("{prefix}.weight"))?;
@@ -417,25 +415,15 @@ impl Builder<'_> {
                     (inv, shift)
                 };
                 let cs = channel_shape(bn.num_features);
-                Node::ChannelAffine {
-                    scale: scale.reshape(cs.as_slice())?,
-                    shift: shift.reshape(cs.as_slice())?,
-                }
+                Node::ChannelAffine { scale: scale.reshape(cs.as_slice())?, shift: shift.reshape(cs.as_slice())? }
             }
             Layer::LayerNorm(ln) => {
                 let affine = if ln.elementwise_affine {
-                    Some((
-                        self.f32(&format!("{prefix}.weight"))?,
-                        self.f32(&format!("{prefix}.bias"))?,
-                    ))
+                    Some((self.f32(&format!("{prefix}.weight"))?, self.f32(&format!("{prefix}.bias"))?))
                 } else {
                     None
                 };
-                Node::LayerNorm {
-                    dims: ln.normalized_shape.len(),
-                    eps: ln.eps,
-                    affine,
-                }
+                Node::LayerNorm { dims: ln.normalized_shape.len(), eps: ln.eps, affine }
             }
             Layer::Relu(_)
             | Layer::Relu6(_)
@@ -451,9 +439,7 @@ impl Builder<'_> {
             Layer::GlobalAvgPool(_) => Node::GlobalAvgPool,
             Layer::Flatten(_) => Node::Reshape(vec![shape.iter().product()]),
             Layer::Dropout(_) => Node::Identity,
-            Layer::Reshape(r) => {
-                Node::Reshape(super::spec::reshape_target(&r.shape, shape).map_err(NnError::Input)?)
-            }
+            Layer::Reshape(r) => Node::Reshape(super::spec::reshape_target(&r.shape, shape).map_err(NnError::Input)?),
             Layer::Residual(r) => {
                 let body = self.build(&r.body, prefix, Slot::Body, shape)?;
                 let shortcut = match &r.shortcut {
@@ -469,3 +455,176 @@ impl Builder<'_> {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::nn::data::Dataset;
+    use crate::nn::eval::evaluate;
+    use candle_core::quantized::GgmlDType;
+
+    pub(crate) const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+    pub(crate) fn load(rel: &str) -> HashMap<String, Tensor> {
+        candle_core::safetensors::load(format!("{FIXTURES}/{rel}"), &Device::Cpu).unwrap()
+    }
+
+    pub(crate) fn digits_spec() -> ModelSpec {
+        let json = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/digits-mlp.spec.json")).unwrap();
+        ModelSpec::from_json(&json).unwrap()
+    }
+
+    pub(crate) fn teacher() -> Network {
+        Network::from_tensors(&digits_spec(), &load("teacher_digits.safetensors")).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    fn reference_case(name: &str) -> (Network, Tensor, Tensor) {
+        let spec = std::fs::read(format!("{FIXTURES}/reference/{name}.spec.json")).unwrap();
+        let spec = ModelSpec::from_json(&spec).unwrap();
+        let mut tensors = load(&format!("reference/{name}.safetensors"));
+        let input = tensors.remove("input").unwrap();
+        let expected = tensors.remove("expected").unwrap();
+        let params = tensors.into_iter().map(|(k, v)| (k, Param::Float(v))).collect();
+        (Network::new(&spec, params).unwrap(), input, expected)
+    }
+
+    #[test]
+    fn network_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Network>();
+    }
+
+    #[test]
+    fn digits_teacher_matches_numpy_reference() {
+        let r = load("reference/digits_teacher.safetensors");
+        let out = teacher().forward(&r["x"]).unwrap();
+        assert_eq!(out.dims(), &[32, 10]);
+        let d = max_abs_diff(&out, &r["logits"]);
+        assert!(d <= 1e-4, "max abs diff {d}");
+    }
+
+    #[test]
+    fn cnn_matches_numpy_reference() {
+        let (net, input, expected) = reference_case("cnn");
+        assert_eq!(input.dtype(), DType::U8);
+        let out = net.forward(&input).unwrap();
+        assert_eq!(out.dims(), expected.dims());
+        let d = max_abs_diff(&out, &expected);
+        assert!(d <= 1e-4, "max abs diff {d}");
+        // Batch splitting gives the same numbers.
+        let chunked = net.predict_batches(&input, 2).unwrap();
+        assert!(max_abs_diff(&out, &chunked) <= 1e-6);
+    }
+
+    #[test]
+    fn mlp_with_norms_and_softmax_matches_numpy_reference() {
+        let (net, input, expected) = reference_case("mlp");
+        assert_eq!(net.output_kind(), OutputKind::Probabilities);
+        let out = net.forward(&input).unwrap();
+        let d = max_abs_diff(&out, &expected);
+        assert!(d <= 1e-4, "max abs diff {d}");
+    }
+
+    #[test]
+    fn digits_teacher_gets_351_of_360() {
+        let ds = Dataset::load(std::path::Path::new(&format!("{FIXTURES}/digits.safetensors"))).unwrap();
+        let test = ds.test.unwrap();
+        let report = evaluate(&teacher(), &test.x, test.y.as_ref().unwrap(), 64).unwrap();
+        assert_eq!((report.correct, report.samples), (351, 360));
+        assert!((report.accuracy - 0.975).abs() < 1e-12);
+    }
+
+    #[test]
+    fn small_batch_path_matches_candle_path() {
+        let net = teacher();
+        assert!(net.has_small_batch_path());
+        let r = load("reference/digits_teacher.safetensors");
+        for n in [1, 3, dense::MAX_BATCH] {
+            let x = r["x"].narrow(0, 0, n).unwrap();
+            let fast = net.forward(&x).unwrap();
+            let slow = net.forward_candle(&x).unwrap();
+            assert_eq!(fast.dims(), &[n, 10]);
+            assert!(max_abs_diff(&fast, &slow) <= 1e-4);
+            assert!(max_abs_diff(&fast, &r["logits"].narrow(0, 0, n).unwrap()) <= 1e-4);
+        }
+        // Preprocessing, relu6, dropout and nested blocks are covered too; anything else is not.
+        let spec = ModelSpec::from_json(
+            br#"{"format": "modelpress.spec", "version": 1,
+                "input": {"shape": [4], "dtype": "u8", "preprocess": {"scale": 0.1, "mean": [0.5, 0, 1, 2], "std": [2]}},
+                "output": {"classes": 3},
+                "layers": [{"type": "sequential", "layers": [
+                              {"type": "linear", "in_features": 4, "out_features": 5, "bias": false},
+                              {"type": "relu6"}, {"type": "dropout", "p": 0.5}]},
+                           {"type": "linear", "in_features": 5, "out_features": 3}]}"#,
+        )
+        .unwrap();
+        let params = crate::nn::train::init_params(&spec, 9).unwrap();
+        let net = Network::from_tensors(&spec, &params).unwrap();
+        assert!(net.has_small_batch_path());
+        let x = Tensor::new(&[[3u8, 250, 7, 99], [0, 1, 2, 3]], &Device::Cpu).unwrap();
+        assert!(max_abs_diff(&net.forward(&x).unwrap(), &net.forward_candle(&x).unwrap()) <= 1e-5);
+        let (cnn, _, _) = reference_case("mlp");
+        assert!(!cnn.has_small_batch_path());
+    }
+
+    #[test]
+    fn half_precision_weights_are_converted() {
+        let tensors = load("teacher_digits.safetensors");
+        let half: HashMap<String, Param> =
+            tensors.iter().map(|(k, v)| (k.clone(), Param::Float(v.to_dtype(DType::BF16).unwrap()))).collect();
+        let net = Network::new(&digits_spec(), half).unwrap();
+        let r = load("reference/digits_teacher.safetensors");
+        let out = net.forward(&r["x"]).unwrap();
+        assert_eq!(out.dtype(), DType::F32);
+        let d = max_abs_diff(&out, &r["logits"]);
+        // bf16 keeps 8 bits of mantissa: close, but not reference-exact.
+        assert!(d > 1e-6 && d < 0.5, "max abs diff {d}");
+    }
+
+    #[test]
+    fn quantized_linear_weights_run_through_qmatmul() {
+        let tensors = load("teacher_digits.safetensors");
+        let mut params: HashMap<String, Param> = HashMap::new();
+        for (k, v) in &tensors {
+            let p = if k.ends_with(".weight") && k != "fc3.weight" {
+                Param::Quantized(Arc::new(QTensor::quantize(v, GgmlDType::Q8_0).unwrap()))
+            } else {
+                Param::Float(v.clone())
+            };
+            params.insert(k.clone(), p);
+        }
+        let net = Network::new(&digits_spec(), params).unwrap();
+        let ds = Dataset::load(std::path::Path::new(&format!("{FIXTURES}/digits.safetensors"))).unwrap();
+        let test = ds.test.unwrap();
+        let report = evaluate(&net, &test.x, test.y.as_ref().unwrap(), 64).unwrap();
+        assert!(report.correct >= 348, "int8 accuracy dropped: {}", report.correct);
+        let agreement = crate::nn::eval::compare(&teacher(), &net, &test.x, 100).unwrap();
+        assert!(agreement.top1_agreement >= 0.98, "{agreement:?}");
+        assert!(agreement.mean_kl > 0.0 && agreement.mean_kl < 0.01, "{agreement:?}");
+    }
+
+    #[test]
+    fn bad_inputs_and_weights_are_reported() {
+        let net = teacher();
+        let e = net.forward(&Tensor::zeros((2, 63), DType::F32, &Device::Cpu).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("expected a batch of shape [N, 64]"), "{e}");
+
+        let mut tensors = load("teacher_digits.safetensors");
+        let mut w = tensors["fc2.bias"].to_vec1::<f32>().unwrap();
+        w[17] = f32::NAN;
+        tensors.insert("fc2.bias".into(), Tensor::new(w, &Device::Cpu).unwrap());
+        let e = Network::from_tensors(&digits_spec(), &tensors).unwrap_err().to_string();
+        assert_eq!(e, "parameter fc2.bias: contains NaN at index 17");
+
+        tensors.remove("fc1.weight");
+        tensors.remove("fc2.bias");
+        let e = Network::from_tensors(&digits_spec(), &tensors).unwrap_err();
+        match e {
+            NnError::Mismatch(m) => assert_eq!(m.problems.len(), 2, "{m}"),
+            other => panic!("unexpected {other}"),
+        }
+    }
+}

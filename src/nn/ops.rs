@@ -48,9 +48,10 @@ pub(crate) fn zero_pad_hw(x: &Tensor, ph: usize, pw: usize) -> Result<Tensor> {
 }
 
 /// Max or average pooling with PyTorch semantics (floor mode, −∞ / zero padding counted in the
-/// average). With `differentiable`, the result also has correct gradients: candle's own pooling
-/// backward is only right when the stride equals the kernel and the input divides evenly, so
-/// other cases are built from strided slices combined with `maximum` / `add`.
+/// average). With `differentiable`, the result also has correct gradients: candle's pooling
+/// backward is only right for average pooling whose stride equals the kernel and whose input
+/// divides evenly (and its max-pool gradient is scaled by 1/k²), so other cases are built from
+/// reshapes, or from strided slices combined with `maximum` / `add`.
 pub(crate) fn pool2d(x: &Tensor, p: &PoolSpec, max: bool, differentiable: bool) -> Result<Tensor> {
     let k = (p.kernel_size.0, p.kernel_size.1);
     let s = p.stride();
@@ -61,17 +62,15 @@ pub(crate) fn pool2d(x: &Tensor, p: &PoolSpec, max: bool, differentiable: bool) 
     let oh = (h - k.0) / s.0 + 1;
     let ow = (w - k.1) / s.1 + 1;
     if !differentiable {
-        return if max {
-            x.max_pool2d_with_stride(k, s)
-        } else {
-            x.avg_pool2d_with_stride(k, s)
-        };
+        return if max { x.max_pool2d_with_stride(k, s) } else { x.avg_pool2d_with_stride(k, s) };
     }
     if k == s {
-        // Crop what floor mode ignores so the nearest-upsampling backward lines up.
+        // Non-overlapping windows: crop what floor mode ignores, then one reduction. (candle's
+        // own max-pool backward scales the gradient by 1/k², so max uses a reshape + max.)
         let x = x.narrow(2, 0, oh * k.0)?.narrow(3, 0, ow * k.1)?;
         return if max {
-            x.max_pool2d(k)
+            let (n, c) = (x.dim(0)?, x.dim(1)?);
+            x.reshape((n, c, oh, k.0, ow, k.1))?.max(5)?.max(3)
         } else {
             x.avg_pool2d(k)
         };
@@ -158,19 +157,12 @@ impl Preprocessor {
         let mut shape = vec![1usize; input.shape.len()];
         shape[0] = input.shape[0];
         let dev = candle_core::Device::Cpu;
-        Ok(Self::Channel(
-            Tensor::from_vec(a, shape.as_slice(), &dev)?,
-            Tensor::from_vec(b, shape.as_slice(), &dev)?,
-        ))
+        Ok(Self::Channel(Tensor::from_vec(a, shape.as_slice(), &dev)?, Tensor::from_vec(b, shape.as_slice(), &dev)?))
     }
 
     /// Converts a raw batch to preprocessed f32.
     pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let x = if x.dtype() == DType::F32 {
-            x.clone()
-        } else {
-            x.to_dtype(DType::F32)?
-        };
+        let x = if x.dtype() == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? };
         match self {
             Self::Identity => Ok(x),
             Self::Scalar(a, b) => x.affine(*a, *b),

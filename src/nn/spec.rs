@@ -422,9 +422,9 @@ impl<'de> Deserialize<'de> for Pair {
         match Raw::deserialize(d) {
             Ok(Raw::One(v)) => Ok(Pair(v, v)),
             Ok(Raw::Two([h, w])) => Ok(Pair(h, w)),
-            Err(_) => Err(serde::de::Error::custom(
-                "expected a non-negative integer or a pair [height, width] of them",
-            )),
+            Err(_) => {
+                Err(serde::de::Error::custom("expected a non-negative integer or a pair [height, width] of them"))
+            }
         }
     }
 }
@@ -439,9 +439,7 @@ fn de_dims<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<usize>, D::Error> {
     match Raw::deserialize(d) {
         Ok(Raw::One(v)) => Ok(vec![v]),
         Ok(Raw::Many(v)) => Ok(v),
-        Err(_) => Err(serde::de::Error::custom(
-            "expected a non-negative integer or a list of them",
-        )),
+        Err(_) => Err(serde::de::Error::custom("expected a non-negative integer or a list of them")),
     }
 }
 
@@ -660,8 +658,7 @@ pub const FLOAT_DTYPES: [&str; 4] = ["F32", "F16", "BF16", "F64"];
 impl ModelSpec {
     /// Parses and validates a spec. Errors name the offending layer by path.
     pub fn from_json(bytes: &[u8]) -> Result<ModelSpec, SpecError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| SpecError::Json(e.to_string()))?;
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| SpecError::Json(e.to_string()))?;
         // Structure limits first, on the untyped tree, so typed parsing never recurses deeply.
         if let Some(layers) = value.get("layers").and_then(|l| l.as_array()) {
             let mut count = 0;
@@ -707,31 +704,18 @@ impl ModelSpec {
     /// holds every tensor the spec needs with the right shape and a float dtype. All problems
     /// are listed at once; tensors not used by the spec are returned as warnings.
     /// `<prefix>.num_batches_tracked` is accepted and ignored.
-    pub fn check_weights(
-        &self,
-        logical: &BTreeMap<String, TensorMeta>,
-    ) -> Result<SpecCheck, SpecMismatch> {
-        let analysis = self.analyze().map_err(|e| SpecMismatch {
-            problems: vec![e.to_string()],
-        })?;
+    pub fn check_weights(&self, logical: &BTreeMap<String, TensorMeta>) -> Result<SpecCheck, SpecMismatch> {
+        let analysis = self.analyze().map_err(|e| SpecMismatch { problems: vec![e.to_string()] })?;
         let mut problems = Vec::new();
         let mut used = BTreeSet::new();
         let (mut parameter_count, mut buffer_count) = (0u64, 0u64);
         for p in &analysis.params {
             used.insert(p.name.as_str());
             match logical.get(&p.name) {
-                None => problems.push(format!(
-                    "{}: missing (expected {} {:?})",
-                    p.name,
-                    kind_word(p.kind),
-                    p.shape
-                )),
+                None => problems.push(format!("{}: missing (expected {} {:?})", p.name, kind_word(p.kind), p.shape)),
                 Some(meta) => {
                     if meta.shape != p.shape {
-                        problems.push(format!(
-                            "{}: expected shape {:?}, found {:?}",
-                            p.name, p.shape, meta.shape
-                        ));
+                        problems.push(format!("{}: expected shape {:?}, found {:?}", p.name, p.shape, meta.shape));
                     }
                     if !FLOAT_DTYPES.contains(&meta.dtype.to_ascii_uppercase().as_str()) {
                         problems.push(format!(
@@ -747,28 +731,16 @@ impl ModelSpec {
                 buffer_count += p.numel() as u64;
             }
         }
-        let bn_prefixes: BTreeSet<&str> = analysis
-            .params
-            .iter()
-            .filter(|p| p.kind == ParamKind::RunningMean)
-            .map(|p| p.layer.as_str())
-            .collect();
+        let bn_prefixes: BTreeSet<&str> =
+            analysis.params.iter().filter(|p| p.kind == ParamKind::RunningMean).map(|p| p.layer.as_str()).collect();
         let unused = logical
             .keys()
             .filter(|k| !used.contains(k.as_str()))
-            .filter(|k| {
-                k.strip_suffix(".num_batches_tracked")
-                    .is_none_or(|prefix| !bn_prefixes.contains(prefix))
-            })
+            .filter(|k| k.strip_suffix(".num_batches_tracked").is_none_or(|prefix| !bn_prefixes.contains(prefix)))
             .cloned()
             .collect();
         if problems.is_empty() {
-            Ok(SpecCheck {
-                parameter_count,
-                buffer_count,
-                output_shape: analysis.output_shape,
-                unused,
-            })
+            Ok(SpecCheck { parameter_count, buffer_count, output_shape: analysis.output_shape, unused })
         } else {
             Err(SpecMismatch { problems })
         }
@@ -776,10 +748,7 @@ impl ModelSpec {
 
     pub(crate) fn analyze(&self) -> Result<Analysis, SpecError> {
         if self.format != FORMAT {
-            return Err(SpecError::Format(format!(
-                "format must be \"{FORMAT}\", got \"{}\"",
-                self.format
-            )));
+            return Err(SpecError::Format(format!("format must be \"{FORMAT}\", got \"{}\"", self.format)));
         }
         if self.version != VERSION {
             return Err(SpecError::Format(format!(
@@ -829,6 +798,17 @@ impl ModelSpec {
                 ));
             }
         }
+        let ends_in_softmax = matches!(self.layers.last(), Some(Layer::Softmax(_)));
+        match (self.output.kind, ends_in_softmax) {
+            (OutputKind::Logits, true) => return Err(field_err(
+                "output.kind",
+                "the layers end in softmax, so the output is \"probabilities\" (or drop the softmax to output logits)",
+            )),
+            (OutputKind::Probabilities, false) => {
+                return Err(field_err("output.kind", "\"probabilities\" needs a final softmax layer"))
+            }
+            _ => {}
+        }
         let mut walker = Walker::default();
         let out = walker.walk(&self.layers, "", "", Slot::Top, 1, shape.clone())?;
         if out != [self.output.classes] {
@@ -840,10 +820,7 @@ impl ModelSpec {
                 ),
             ));
         }
-        Ok(Analysis {
-            output_shape: out,
-            params: walker.params,
-        })
+        Ok(Analysis { output_shape: out, params: walker.params })
     }
 }
 
@@ -857,10 +834,7 @@ fn kind_word(k: ParamKind) -> &'static str {
 }
 
 fn field_err(field: &str, message: impl Into<String>) -> SpecError {
-    SpecError::Field {
-        field: field.to_string(),
-        message: message.into(),
-    }
+    SpecError::Field { field: field.to_string(), message: message.into() }
 }
 
 /// Result of validating a spec.
@@ -872,28 +846,17 @@ pub(crate) struct Analysis {
 
 fn check_activation(shape: &[usize]) -> Result<u64, String> {
     let n = checked_numel(shape).filter(|n| *n <= MAX_ACTIVATION_ELEMENTS);
-    n.ok_or_else(|| {
-        format!("activation {shape:?} exceeds {MAX_ACTIVATION_ELEMENTS} elements per sample")
-    })
+    n.ok_or_else(|| format!("activation {shape:?} exceeds {MAX_ACTIVATION_ELEMENTS} elements per sample"))
 }
 
 fn checked_numel(shape: &[usize]) -> Option<u64> {
-    shape
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+    shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
 }
 
 /// Walks the untyped JSON to enforce depth and count limits before typed parsing.
-fn raw_limits(
-    layers: &[serde_json::Value],
-    path: &str,
-    depth: usize,
-    count: &mut usize,
-) -> Result<(), SpecError> {
+fn raw_limits(layers: &[serde_json::Value], path: &str, depth: usize, count: &mut usize) -> Result<(), SpecError> {
     if depth > MAX_DEPTH {
-        return Err(SpecError::Limit(format!(
-            "{path}: blocks are nested deeper than {MAX_DEPTH} levels"
-        )));
+        return Err(SpecError::Limit(format!("{path}: blocks are nested deeper than {MAX_DEPTH} levels")));
     }
     for (i, layer) in layers.iter().enumerate() {
         *count += 1;
@@ -935,15 +898,8 @@ fn first_bad_layer(layers: &[serde_json::Value], path: &str) -> Option<SpecError
                 Some(n) => format!("{here} ({ty} \"{n}\")"),
                 None => format!("{here} ({ty})"),
             };
-            let message = if raw.get("type").is_none() {
-                "missing field `type`".to_string()
-            } else {
-                e.to_string()
-            };
-            return Some(SpecError::Layer {
-                layer: label,
-                message,
-            });
+            let message = if raw.get("type").is_none() { "missing field `type`".to_string() } else { e.to_string() };
+            return Some(SpecError::Layer { layer: label, message });
         }
     }
     None
@@ -987,11 +943,7 @@ fn layer_params(layer: &Layer, prefix: &str, out: &mut Vec<ParamInfo>) {
         }
         Layer::Conv2d(c) => {
             let per_group = c.in_channels / c.groups.max(1);
-            push(
-                "weight",
-                vec![c.out_channels, per_group, c.kernel_size.0, c.kernel_size.1],
-                ParamKind::Weight,
-            );
+            push("weight", vec![c.out_channels, per_group, c.kernel_size.0, c.kernel_size.1], ParamKind::Weight);
             if c.bias {
                 push("bias", vec![c.out_channels], ParamKind::Bias);
             }
@@ -1004,11 +956,9 @@ fn layer_params(layer: &Layer, prefix: &str, out: &mut Vec<ParamInfo>) {
             push("running_mean", vec![b.num_features], ParamKind::RunningMean);
             push("running_var", vec![b.num_features], ParamKind::RunningVar);
         }
-        Layer::LayerNorm(l) => {
-            if l.elementwise_affine {
-                push("weight", l.normalized_shape.clone(), ParamKind::Weight);
-                push("bias", l.normalized_shape.clone(), ParamKind::Bias);
-            }
+        Layer::LayerNorm(l) if l.elementwise_affine => {
+            push("weight", l.normalized_shape.clone(), ParamKind::Weight);
+            push("bias", l.normalized_shape.clone(), ParamKind::Bias);
         }
         _ => {}
     }
@@ -1035,9 +985,7 @@ impl Walker {
         mut shape: Vec<usize>,
     ) -> Result<Vec<usize>, SpecError> {
         if depth > MAX_DEPTH {
-            return Err(SpecError::Limit(format!(
-                "{path}: blocks are nested deeper than {MAX_DEPTH} levels"
-            )));
+            return Err(SpecError::Limit(format!("{path}: blocks are nested deeper than {MAX_DEPTH} levels")));
         }
         for (i, layer) in layers.iter().enumerate() {
             self.layers += 1;
@@ -1045,31 +993,19 @@ impl Walker {
                 return Err(SpecError::Limit(format!("more than {MAX_LAYERS} layers")));
             }
             let field = slot.field();
-            let here = if path.is_empty() {
-                format!("{field}[{i}]")
-            } else {
-                format!("{path}.{field}[{i}]")
-            };
+            let here = if path.is_empty() { format!("{field}[{i}]") } else { format!("{path}.{field}[{i}]") };
             let prefix = layer_prefix(parent, slot, i, layer.name());
             let label = format!("{here} ({} \"{prefix}\")", layer.type_name());
-            let err = |message: String| SpecError::Layer {
-                layer: label.clone(),
-                message,
-            };
+            let err = |message: String| SpecError::Layer { layer: label.clone(), message };
             if let Some(name) = layer.name() {
                 check_name(name).map_err(&err)?;
             }
             let mut own = Vec::new();
             layer_params(layer, &prefix, &mut own);
             for p in &own {
-                let n = checked_numel(&p.shape)
-                    .filter(|n| *n <= MAX_TENSOR_ELEMENTS)
-                    .ok_or_else(|| {
-                        err(format!(
-                            "tensor {} {:?} exceeds {MAX_TENSOR_ELEMENTS} elements",
-                            p.name, p.shape
-                        ))
-                    })?;
+                let n = checked_numel(&p.shape).filter(|n| *n <= MAX_TENSOR_ELEMENTS).ok_or_else(|| {
+                    err(format!("tensor {} {:?} exceeds {MAX_TENSOR_ELEMENTS} elements", p.name, p.shape))
+                })?;
                 self.total = self.total.saturating_add(n);
                 if self.total > MAX_TOTAL_PARAMETERS {
                     return Err(SpecError::Limit(format!(
@@ -1101,9 +1037,7 @@ impl Walker {
                     }
                     b
                 }
-                Layer::Sequential(s) => {
-                    self.walk(&s.layers, &here, &prefix, Slot::Seq, depth + 1, shape.clone())?
-                }
+                Layer::Sequential(s) => self.walk(&s.layers, &here, &prefix, Slot::Seq, depth + 1, shape.clone())?,
                 other => infer_layer(other, &shape).map_err(&err)?,
             };
             check_activation(&shape).map_err(&err)?;
@@ -1116,18 +1050,14 @@ impl Walker {
 fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 200
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
         && !name.starts_with('.')
         && !name.ends_with('.')
         && !name.contains("..");
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "name {name:?} is invalid: use 1-200 characters from A-Z a-z 0-9 _ - and inner dots"
-        ))
+        Err(format!("name {name:?} is invalid: use 1-200 characters from A-Z a-z 0-9 _ - and inner dots"))
     }
 }
 
@@ -1212,9 +1142,7 @@ fn infer_layer(layer: &Layer, shape: &[usize]) -> Result<Vec<usize>, String> {
             }
             Ok(shape.to_vec())
         }
-        Layer::Relu(_) | Layer::Relu6(_) | Layer::Gelu(_) | Layer::Sigmoid(_) | Layer::Tanh(_) => {
-            Ok(shape.to_vec())
-        }
+        Layer::Relu(_) | Layer::Relu6(_) | Layer::Gelu(_) | Layer::Sigmoid(_) | Layer::Tanh(_) => Ok(shape.to_vec()),
         Layer::Softmax(s) => {
             resolve_dim(s.dim, shape.len())?;
             Ok(shape.to_vec())
@@ -1233,10 +1161,8 @@ fn infer_layer(layer: &Layer, shape: &[usize]) -> Result<Vec<usize>, String> {
                 ));
             }
             let [ch, h, w] = chw(shape, layer.type_name())?;
-            let oh = conv_out(h, k.0, s.0, p.padding.0, 1)
-                .ok_or_else(|| window_err(shape, k, p.padding, 1))?;
-            let ow = conv_out(w, k.1, s.1, p.padding.1, 1)
-                .ok_or_else(|| window_err(shape, k, p.padding, 1))?;
+            let oh = conv_out(h, k.0, s.0, p.padding.0, 1).ok_or_else(|| window_err(shape, k, p.padding, 1))?;
+            let ow = conv_out(w, k.1, s.1, p.padding.1, 1).ok_or_else(|| window_err(shape, k, p.padding, 1))?;
             Ok(vec![ch, oh, ow])
         }
         Layer::GlobalAvgPool(_) => {
@@ -1260,11 +1186,8 @@ fn infer_layer(layer: &Layer, shape: &[usize]) -> Result<Vec<usize>, String> {
 /// Per-sample output shape of any layer, blocks included (no limit or name checks: used on
 /// validated specs while building networks).
 pub(crate) fn layer_output_shape(layer: &Layer, shape: &[usize]) -> Result<Vec<usize>, String> {
-    let chain = |layers: &[Layer], shape: &[usize]| {
-        layers
-            .iter()
-            .try_fold(shape.to_vec(), |s, l| layer_output_shape(l, &s))
-    };
+    let chain =
+        |layers: &[Layer], shape: &[usize]| layers.iter().try_fold(shape.to_vec(), |s, l| layer_output_shape(l, &s));
     match layer {
         Layer::Residual(r) => chain(&r.body, shape),
         Layer::Sequential(s) => chain(&s.layers, shape),
@@ -1292,11 +1215,7 @@ pub(crate) fn reshape_target(target: &[i64], shape: &[usize]) -> Result<Vec<usiz
     match infer {
         Some(i) if total % known == 0 => out[i] = (total / known) as usize,
         None if known == total => {}
-        _ => {
-            return Err(format!(
-                "cannot reshape {shape:?} ({total} elements) into {target:?}"
-            ))
-        }
+        _ => return Err(format!("cannot reshape {shape:?} ({total} elements) into {target:?}")),
     }
     Ok(out)
 }
@@ -1314,9 +1233,7 @@ pub(crate) fn resolve_dim(dim: i64, rank: usize) -> Result<usize, String> {
 fn chw(shape: &[usize], what: &str) -> Result<[usize; 3], String> {
     match shape {
         [c, h, w] => Ok([*c, *h, *w]),
-        _ => Err(format!(
-            "{what} expects a per-sample [C, H, W] input, got {shape:?}"
-        )),
+        _ => Err(format!("{what} expects a per-sample [C, H, W] input, got {shape:?}")),
     }
 }
 
@@ -1342,5 +1259,307 @@ impl fmt::Display for InputDType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = serde_json::to_value(self).expect("unit enum serialises");
         write!(f, "{}", s.as_str().unwrap_or("?"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mlp_json() -> String {
+        r#"{"format": "modelpress.spec", "version": 1,
+            "input": {"shape": [64]},
+            "output": {"classes": 10},
+            "layers": [
+              {"type": "linear", "name": "fc1", "in_features": 64, "out_features": 256},
+              {"type": "relu"},
+              {"type": "linear", "name": "fc2", "in_features": 256, "out_features": 256},
+              {"type": "relu"},
+              {"type": "linear", "name": "fc3", "in_features": 256, "out_features": 10}
+            ]}"#
+        .to_string()
+    }
+
+    fn with_layers(input: &str, classes: usize, layers: &str) -> String {
+        format!(
+            r#"{{"format": "modelpress.spec", "version": 1, "input": {{"shape": {input}}},
+                "output": {{"classes": {classes}}}, "layers": {layers}}}"#
+        )
+    }
+
+    fn err(json: &str) -> String {
+        ModelSpec::from_json(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    fn meta(shape: &[usize]) -> TensorMeta {
+        TensorMeta { dtype: "F32".into(), shape: shape.to_vec() }
+    }
+
+    #[test]
+    fn parses_mlp_and_lists_params() {
+        let spec = ModelSpec::from_json(mlp_json().as_bytes()).unwrap();
+        assert_eq!(spec.output_shape().unwrap(), vec![10]);
+        let params = spec.params();
+        let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]);
+        assert_eq!(params[0].shape, vec![256, 64]);
+        assert!(params.iter().all(|p| p.trainable));
+        // Round trip through JSON keeps the spec identical.
+        let again = ModelSpec::from_json(spec.to_json().as_bytes()).unwrap();
+        assert_eq!(again, spec);
+    }
+
+    #[test]
+    fn index_naming_follows_nn_sequential() {
+        let json = with_layers(
+            "[3, 8, 8]",
+            4,
+            r#"[
+              {"type": "conv2d", "in_channels": 3, "out_channels": 8, "kernel_size": 3, "padding": 1, "bias": false},
+              {"type": "batch_norm", "num_features": 8},
+              {"type": "residual", "body": [
+                  {"type": "conv2d", "in_channels": 8, "out_channels": 8, "kernel_size": 3, "padding": 1, "groups": 8},
+                  {"type": "relu"},
+                  {"type": "conv2d", "name": "pw", "in_channels": 8, "out_channels": 16, "kernel_size": 1}],
+               "shortcut": [{"type": "conv2d", "in_channels": 8, "out_channels": 16, "kernel_size": 1, "bias": false}]},
+              {"type": "sequential", "name": "head", "layers": [
+                  {"type": "global_avg_pool"},
+                  {"type": "linear", "in_features": 16, "out_features": 4}]}
+            ]"#,
+        );
+        let spec = ModelSpec::from_json(json.as_bytes()).unwrap();
+        let params = spec.params();
+        let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "0.weight",
+                "1.weight",
+                "1.bias",
+                "1.running_mean",
+                "1.running_var",
+                "2.body.0.weight",
+                "2.body.0.bias",
+                "2.pw.weight",
+                "2.pw.bias",
+                "2.shortcut.0.weight",
+                "head.1.weight",
+                "head.1.bias"
+            ]
+        );
+        // Depthwise kernel: [out, in/groups, kh, kw].
+        assert_eq!(params[5].shape, vec![8, 1, 3, 3]);
+        let bn: Vec<_> = params.iter().filter(|p| p.layer == "1").collect();
+        assert!(bn.iter().any(|p| p.kind == ParamKind::RunningVar && !p.trainable));
+        assert_eq!(spec.output_shape().unwrap(), vec![4]);
+    }
+
+    #[test]
+    fn shape_mismatch_names_the_layer() {
+        let json = with_layers(
+            "[64]",
+            10,
+            r#"[{"type": "linear", "name": "fc1", "in_features": 64, "out_features": 32},
+                {"type": "relu"},
+                {"type": "linear", "name": "fc2", "in_features": 100, "out_features": 10}]"#,
+        );
+        let e = err(&json);
+        assert!(e.starts_with("layers[2] (linear \"fc2\"): in_features is 100"), "{e}");
+        assert!(e.contains("[32]"), "{e}");
+
+        let json = with_layers(
+            "[1, 28, 28]",
+            10,
+            r#"[{"type": "sequential", "name": "features", "layers": [
+                  {"type": "conv2d", "in_channels": 3, "out_channels": 8, "kernel_size": 3}]}]"#,
+        );
+        let e = err(&json);
+        assert!(e.starts_with("layers[0].layers[0] (conv2d \"features.0\"): in_channels is 3"), "{e}");
+
+        // Output must be [classes].
+        let json = with_layers("[64]", 7, r#"[{"type": "linear", "in_features": 64, "out_features": 10}]"#);
+        assert!(err(&json).contains("output.classes = 7"));
+
+        // Residual branches that cannot be added.
+        let json = with_layers(
+            "[8]",
+            4,
+            r#"[{"type": "residual", "body": [{"type": "linear", "in_features": 8, "out_features": 4}]}]"#,
+        );
+        let e = err(&json);
+        assert!(e.contains("layers[0] (residual \"0\")") && e.contains("shortcut"), "{e}");
+    }
+
+    #[test]
+    fn malformed_specs_are_rejected() {
+        let unknown_type = with_layers("[64]", 10, r#"[{"type": "conv3d", "in_channels": 1}]"#);
+        let e = err(&unknown_type);
+        assert!(e.starts_with("layers[0] (conv3d)") && e.contains("unknown variant"), "{e}");
+
+        let unknown_field = with_layers(
+            "[64]",
+            10,
+            r#"[{"type": "relu"}, {"type": "linear", "name": "fc", "in_features": 64, "out_features": 10, "bais": true}]"#,
+        );
+        let e = err(&unknown_field);
+        assert!(e.starts_with("layers[1] (linear \"fc\")") && e.contains("bais"), "{e}");
+
+        let negative = with_layers("[64]", 10, r#"[{"type": "linear", "in_features": 64, "out_features": -10}]"#);
+        assert!(err(&negative).starts_with("layers[0] (linear)"));
+
+        let nested_negative = with_layers(
+            "[64]",
+            10,
+            r#"[{"type": "sequential", "layers": [{"type": "dropout", "p": 0.1}, {"type": "linear", "in_features": -1, "out_features": 10}]}]"#,
+        );
+        assert!(err(&nested_negative).starts_with("layers[0].layers[1] (linear)"));
+
+        let zero = with_layers("[64]", 10, r#"[{"type": "linear", "in_features": 64, "out_features": 0}]"#);
+        assert!(err(&zero).contains("must be positive"));
+
+        let zero_input = with_layers("[0]", 10, "[]");
+        assert!(err(&zero_input).starts_with("input.shape"));
+
+        let bad_p = with_layers("[10]", 10, r#"[{"type": "dropout", "p": 1.0}]"#);
+        assert!(err(&bad_p).contains("p must be in [0, 1)"));
+
+        let mut bad_version = mlp_json().replace("\"version\": 1", "\"version\": 2");
+        assert!(err(&bad_version).contains("version 2 is not supported"));
+        bad_version = mlp_json().replace("modelpress.spec", "onnx");
+        assert!(err(&bad_version).contains("format must be"));
+
+        assert!(err("{not json").starts_with("invalid spec JSON"));
+    }
+
+    #[test]
+    fn absurd_sizes_are_rejected_without_allocating() {
+        let huge_linear = with_layers(
+            "[64]",
+            10,
+            r#"[{"type": "linear", "in_features": 64, "out_features": 100000000000},
+                {"type": "linear", "in_features": 100000000000, "out_features": 10}]"#,
+        );
+        let e = err(&huge_linear);
+        assert!(e.contains("exceeds") && e.contains("layers[0]"), "{e}");
+
+        let overflow =
+            with_layers("[64]", 10, r#"[{"type": "linear", "in_features": 64, "out_features": 18446744073709551615}]"#);
+        assert!(err(&overflow).contains("exceeds"));
+
+        let huge_input = with_layers("[100000, 100000, 100000]", 10, "[]");
+        assert!(err(&huge_input).contains("exceeds"));
+
+        // Many medium tensors: each allowed, together above the total.
+        let layers: Vec<String> =
+            (0..5).map(|_| r#"{"type": "linear", "in_features": 40000, "out_features": 40000}"#.to_string()).collect();
+        let many = with_layers("[40000]", 40000, &format!("[{}]", layers.join(",")));
+        assert!(err(&many).contains("parameters"));
+
+        let conv = with_layers(
+            "[3, 32, 32]",
+            10,
+            r#"[{"type": "conv2d", "in_channels": 3, "out_channels": 4000000, "kernel_size": 31, "padding": 15}]"#,
+        );
+        assert!(err(&conv).contains("exceeds"));
+    }
+
+    #[test]
+    fn depth_and_count_limits() {
+        let mut inner = r#"{"type": "relu"}"#.to_string();
+        for _ in 0..20 {
+            inner = format!(r#"{{"type": "sequential", "layers": [{inner}]}}"#);
+        }
+        let deep = with_layers("[10]", 10, &format!("[{inner}]"));
+        assert!(err(&deep).contains("nested deeper than 16"));
+
+        let many: Vec<&str> = vec![r#"{"type": "relu"}"#; MAX_LAYERS + 1];
+        let wide = with_layers("[10]", 10, &format!("[{}]", many.join(",")));
+        assert!(err(&wide).contains("more than 1000 layers"));
+
+        let ok: Vec<&str> = vec![r#"{"type": "relu"}"#; 50];
+        assert!(ModelSpec::from_json(with_layers("[10]", 10, &format!("[{}]", ok.join(","))).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn duplicate_and_invalid_names() {
+        let dup = with_layers(
+            "[8]",
+            8,
+            r#"[{"type": "linear", "name": "fc", "in_features": 8, "out_features": 8},
+                {"type": "linear", "name": "fc", "in_features": 8, "out_features": 8}]"#,
+        );
+        assert!(err(&dup).contains("used twice"));
+        let bad = with_layers("[8]", 8, r#"[{"type": "linear", "name": "../x", "in_features": 8, "out_features": 8}]"#);
+        assert!(err(&bad).contains("is invalid"));
+    }
+
+    #[test]
+    fn check_weights_lists_every_problem() {
+        let spec = ModelSpec::from_json(mlp_json().as_bytes()).unwrap();
+        let mut w = BTreeMap::new();
+        w.insert("fc1.weight".to_string(), meta(&[256, 63]));
+        w.insert("fc1.bias".to_string(), meta(&[256]));
+        w.insert("fc2.weight".to_string(), TensorMeta { dtype: "I64".into(), shape: vec![256, 256] });
+        w.insert("fc2.bias".to_string(), meta(&[256]));
+        w.insert("fc3.weight".to_string(), meta(&[10, 256]));
+        w.insert("extra.weight".to_string(), meta(&[3]));
+        let e = spec.check_weights(&w).unwrap_err();
+        assert_eq!(e.problems.len(), 3, "{:?}", e.problems);
+        assert!(e.problems[0].contains("fc1.weight: expected shape [256, 64], found [256, 63]"));
+        assert!(e.problems[1].contains("fc2.weight: dtype I64 is not a float type"));
+        assert!(e.problems[2].contains("fc3.bias: missing"));
+
+        w.insert("fc1.weight".to_string(), meta(&[256, 64]));
+        w.insert("fc2.weight".to_string(), TensorMeta { dtype: "BF16".into(), shape: vec![256, 256] });
+        w.insert("fc3.bias".to_string(), meta(&[10]));
+        let ok = spec.check_weights(&w).unwrap();
+        assert_eq!(ok.parameter_count, 64 * 256 + 256 + 256 * 256 + 256 + 2570);
+        assert_eq!(ok.unused, vec!["extra.weight".to_string()]);
+        assert_eq!(ok.output_shape, vec![10]);
+    }
+
+    #[test]
+    fn batch_norm_buffers_and_num_batches_tracked() {
+        let json = with_layers(
+            "[4]",
+            2,
+            r#"[{"type": "batch_norm", "name": "bn", "num_features": 4},
+                {"type": "linear", "in_features": 4, "out_features": 2}]"#,
+        );
+        let spec = ModelSpec::from_json(json.as_bytes()).unwrap();
+        let mut w = BTreeMap::new();
+        for p in spec.params() {
+            w.insert(p.name.clone(), meta(&p.shape));
+        }
+        w.insert("bn.num_batches_tracked".into(), TensorMeta { dtype: "I64".into(), shape: vec![] });
+        let ok = spec.check_weights(&w).unwrap();
+        assert!(ok.unused.is_empty());
+        assert_eq!(ok.buffer_count, 8);
+        assert_eq!(ok.parameter_count, 8 + 10);
+    }
+
+    #[test]
+    fn pooling_and_reshape_shapes() {
+        let json = with_layers(
+            "[1, 28, 28]",
+            10,
+            r#"[{"type": "conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": [3, 5], "padding": [1, 2], "stride": 2},
+                {"type": "max_pool2d", "kernel_size": 3, "stride": 2, "padding": 1},
+                {"type": "avg_pool2d", "kernel_size": 2},
+                {"type": "reshape", "shape": [4, -1]},
+                {"type": "layer_norm", "normalized_shape": 9},
+                {"type": "flatten"},
+                {"type": "linear", "in_features": 36, "out_features": 10},
+                {"type": "softmax"}]"#,
+        );
+        assert!(err(&json).contains("output.kind"));
+        let json = json.replace(r#""classes": 10}"#, r#""classes": 10, "kind": "probabilities"}"#);
+        let mut spec = ModelSpec::from_json(json.as_bytes()).unwrap();
+        assert_eq!(spec.output_shape().unwrap(), vec![10]);
+        // 28 -conv s2-> 14 -max k3 s2 p1-> 7 -avg k2-> 3.
+        spec.layers.truncate(3);
+        spec.output.classes = 4;
+        spec.output.kind = OutputKind::Logits;
+        assert!(spec.validate().unwrap_err().to_string().contains("[4, 3, 3]"));
     }
 }

@@ -35,7 +35,10 @@ async fn raw_upload_then_get_and_list() {
 #[tokio::test]
 async fn multipart_upload_with_name_and_spec() {
     let app = spawn_app().await;
-    let r = app.upload_with_spec(small_model(4), "mp", r#"{"layers": []}"#).await;
+    let spec =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/digits-mlp.spec.json"))
+            .unwrap();
+    let r = app.upload_with_spec(fixture("teacher_digits.safetensors"), "mp", &spec).await;
     assert_eq!(r.status(), 201);
     let m: Value = r.json().await.unwrap();
     assert_eq!(m["name"], "mp");

@@ -24,14 +24,13 @@ pub mod sparse;
 pub mod structured;
 
 pub use magnitude::{
-    apply_cut, global_cut, per_layer_cuts, prune_global, prune_per_layer, Cut, GlobalCut,
-    TensorMut, TensorRef,
+    apply_cut, global_cut, per_layer_cuts, prune_global, prune_per_layer, Cut, GlobalCut, TensorMut, TensorRef,
 };
 pub use nm::{check_n_m, nm_group_len, prune_n_m, NmPattern};
 pub use schedule::PolynomialDecay;
 pub use sparse::{
-    decode, decode_f32, encode, encode_bf16, encode_f16, encode_raw, DenseTensor, PartView,
-    SparsePart, SparseView, ValueDType,
+    decode, decode_f32, encode, encode_bf16, encode_f16, encode_raw, DenseTensor, PartView, SparsePart, SparseView,
+    ValueDType,
 };
 pub use structured::{select_keep, take_along_dim, take_rows, unit_scores, Norm};
 
@@ -44,20 +43,15 @@ pub enum PruneError {
     /// The weights contain a NaN, which has no magnitude to rank.
     #[error("tensor {tensor}: contains NaN at index {index}")]
     NaN { tensor: String, index: usize },
-    /// A sparsity target outside `[0, 1)`.
-    #[error("tensor {tensor}: sparsity {value} is out of range; use a number in [0, 1)")]
-    InvalidSparsity { tensor: String, value: f64 },
+    /// A sparsity target outside `[0, 1)`; `target` is "tensor NAME" or "global pruning".
+    #[error("{target}: sparsity {value} is out of range; use a number in [0, 1)")]
+    InvalidSparsity { target: String, value: f64 },
     /// Per-tensor targets do not line up with the tensors.
     #[error("{targets} per-tensor sparsity targets were given for {tensors} tensors")]
     TargetCount { targets: usize, tensors: usize },
     /// Data length does not match the product of the shape.
     #[error("tensor {tensor}: shape {shape:?} holds {expected} elements but the data has {actual}")]
-    ShapeMismatch {
-        tensor: String,
-        shape: Vec<usize>,
-        expected: usize,
-        actual: usize,
-    },
+    ShapeMismatch { tensor: String, shape: Vec<usize>, expected: usize, actual: usize },
     /// A malformed N:M pattern string or values.
     #[error("invalid N:M pattern \"{pattern}\": {reason}")]
     InvalidPattern { pattern: String, reason: String },
@@ -66,52 +60,25 @@ pub enum PruneError {
         "tensor {tensor}: pattern {pattern} groups {m} consecutive weights along {dim}, \
          whose size {size} is not divisible by {m}; choose an M that divides {size} or exclude this tensor"
     )]
-    NotDivisible {
-        tensor: String,
-        pattern: String,
-        dim: String,
-        size: usize,
-        m: usize,
-    },
+    NotDivisible { tensor: String, pattern: String, dim: String, size: usize, m: usize },
     /// The operation needs a tensor of higher rank.
     #[error("tensor {tensor}: needs rank >= {min_rank}, got shape {shape:?}")]
-    RankTooLow {
-        tensor: String,
-        shape: Vec<usize>,
-        min_rank: usize,
-    },
+    RankTooLow { tensor: String, shape: Vec<usize>, min_rank: usize },
     /// A dimension index beyond the rank.
     #[error("tensor {tensor}: dimension {dim} does not exist in shape {shape:?}")]
-    DimOutOfRange {
-        tensor: String,
-        dim: usize,
-        shape: Vec<usize>,
-    },
+    DimOutOfRange { tensor: String, dim: usize, shape: Vec<usize> },
     /// A gather index beyond the dimension size.
     #[error("tensor {tensor}: index {index} is out of range for dimension {dim} of size {size}")]
-    IndexOutOfRange {
-        tensor: String,
-        index: usize,
-        dim: usize,
-        size: usize,
-    },
+    IndexOutOfRange { tensor: String, index: usize, dim: usize, size: usize },
     /// Asked to keep more units than exist.
     #[error("layer {layer}: cannot keep {keep} units out of {available}")]
-    KeepTooMany {
-        layer: String,
-        keep: usize,
-        available: usize,
-    },
+    KeepTooMany { layer: String, keep: usize, available: usize },
     /// A structured-pruning score is NaN.
     #[error("layer {layer}: score of unit {index} is NaN")]
     NaNScore { layer: String, index: usize },
     /// A mask applied to data of another length.
     #[error("tensor {tensor}: mask covers {mask_len} elements but the data has {data_len}")]
-    MaskLength {
-        tensor: String,
-        mask_len: usize,
-        data_len: usize,
-    },
+    MaskLength { tensor: String, mask_len: usize, data_len: usize },
     /// A dtype the sparse format does not store.
     #[error("tensor {tensor}: dtype {dtype} is not supported by the sparse format (use F32, F16 or BF16)")]
     UnsupportedDtype { tensor: String, dtype: String },
@@ -149,27 +116,16 @@ pub struct PruneStats {
     pub zeros: u64,
     /// `zeros / elements` (0 for an empty tensor).
     pub sparsity: f64,
-    /// Magnitude threshold used (the largest pruned magnitude; 0 when nothing was pruned);
-    /// `None` for pruning that has no single threshold (N:M).
+    /// Magnitude threshold used: elements below it were pruned, plus some of those equal to
+    /// it (see `magnitude::Cut`); 0 when the search pruned nothing; `None` for pruning that
+    /// has no single threshold (N:M).
     pub threshold: Option<f32>,
 }
 
 impl PruneStats {
     fn new(name: &str, elements: u64, pruned: u64, zeros: u64, threshold: Option<f32>) -> Self {
-        let sparsity = if elements == 0 {
-            0.0
-        } else {
-            zeros as f64 / elements as f64
-        };
-        Self {
-            name: name.to_owned(),
-            elements,
-            pruned,
-            kept: elements - pruned,
-            zeros,
-            sparsity,
-            threshold,
-        }
+        let sparsity = if elements == 0 { 0.0 } else { zeros as f64 / elements as f64 };
+        Self { name: name.to_owned(), elements, pruned, kept: elements - pruned, zeros, sparsity, threshold }
     }
 }
 
@@ -207,10 +163,7 @@ impl Mask {
 
     /// A mask of `len` elements, all pruned.
     pub fn all_pruned(len: usize) -> Self {
-        Self {
-            len,
-            words: vec![0; len.div_ceil(64)],
-        }
+        Self { len, words: vec![0; len.div_ceil(64)] }
     }
 
     /// Keeps exactly the elements that are not ±0.0 (e.g. for a model pruned elsewhere).
@@ -223,10 +176,7 @@ impl Mask {
             }
             *word = bits;
         }
-        Self {
-            len: data.len(),
-            words,
-        }
+        Self { len: data.len(), words }
     }
 
     /// Number of elements covered.
@@ -257,17 +207,11 @@ impl Mask {
     /// Sets pruned elements of `data` to +0.0 (kept ones untouched).
     pub fn apply(&self, tensor: &str, data: &mut [f32]) -> Result<(), PruneError> {
         if data.len() != self.len {
-            return Err(PruneError::MaskLength {
-                tensor: tensor.to_owned(),
-                mask_len: self.len,
-                data_len: data.len(),
-            });
+            return Err(PruneError::MaskLength { tensor: tensor.to_owned(), mask_len: self.len, data_len: data.len() });
         }
         for (block, word) in data.chunks_mut(64).zip(&self.words) {
             for (i, w) in block.iter_mut().enumerate() {
-                if word >> i & 1 == 0 {
-                    *w = 0.0;
-                }
+                *w = if word >> i & 1 == 1 { *w } else { 0.0 };
             }
         }
         Ok(())
@@ -275,9 +219,7 @@ impl Mask {
 
     /// Dense 1.0 (kept) / 0.0 (pruned) values, row-major like the weights.
     pub fn to_f32(&self) -> Vec<f32> {
-        (0..self.len)
-            .map(|i| ((self.words[i / 64] >> (i % 64)) & 1) as f32)
-            .collect()
+        (0..self.len).map(|i| ((self.words[i / 64] >> (i % 64)) & 1) as f32).collect()
     }
 
     pub(crate) fn from_words(len: usize, words: Vec<u64>) -> Self {
@@ -288,10 +230,7 @@ impl Mask {
 
 /// Number of elements a shape holds, or `ShapeMismatch` against `len`.
 pub(crate) fn check_shape(tensor: &str, shape: &[usize], len: usize) -> Result<(), PruneError> {
-    let expected = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .unwrap_or(usize::MAX);
+    let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).unwrap_or(usize::MAX);
     if expected != len {
         return Err(PruneError::ShapeMismatch {
             tensor: tensor.to_owned(),
@@ -332,9 +271,6 @@ mod tests {
         assert!(check_shape("a", &[2, 3], 6).is_ok());
         assert!(check_shape("a", &[], 1).is_ok());
         let e = check_shape("a", &[2, 3], 5).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "tensor a: shape [2, 3] holds 6 elements but the data has 5"
-        );
+        assert_eq!(e.to_string(), "tensor a: shape [2, 3] holds 6 elements but the data has 5");
     }
 }

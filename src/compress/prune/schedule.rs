@@ -58,10 +58,7 @@ impl PolynomialDecay {
 
     /// Checks the parameters (call after deserializing).
     pub fn validate(&self) -> Result<(), PruneError> {
-        for (name, v) in [
-            ("initial_sparsity", self.initial_sparsity),
-            ("final_sparsity", self.final_sparsity),
-        ] {
+        for (name, v) in [("initial_sparsity", self.initial_sparsity), ("final_sparsity", self.final_sparsity)] {
             if !(0.0..1.0).contains(&v) {
                 return Err(PruneError::InvalidSchedule(format!("{name} is {v}; it must be in [0, 1)")));
             }
@@ -76,10 +73,7 @@ impl PolynomialDecay {
             return Err(PruneError::InvalidSchedule("frequency must be at least 1".to_owned()));
         }
         if !(self.power.is_finite() && self.power > 0.0) {
-            return Err(PruneError::InvalidSchedule(format!(
-                "power is {}; it must be a positive number",
-                self.power
-            )));
+            return Err(PruneError::InvalidSchedule(format!("power is {}; it must be a positive number", self.power)));
         }
         Ok(())
     }
@@ -123,11 +117,7 @@ mod tests {
 
         // initial 0.5, final 0.9, begin 200, end 600, power 2: step 300 → p = 0.25
         // 0.9 + (0.5 - 0.9) * 0.75² = 0.9 - 0.4 * 0.5625 = 0.675
-        let s = PolynomialDecay {
-            power: 2.0,
-            frequency: 50,
-            ..PolynomialDecay::new(0.5, 0.9, 200, 600).unwrap()
-        };
+        let s = PolynomialDecay { power: 2.0, frequency: 50, ..PolynomialDecay::new(0.5, 0.9, 200, 600).unwrap() };
         assert!(close(s.sparsity_at(300), 0.675));
         assert!(close(s.sparsity_at(0), 0.5), "clamped before begin_step");
         assert!(s.should_prune(200) && s.should_prune(250) && s.should_prune(600));
@@ -147,10 +137,9 @@ mod tests {
         assert!(PolynomialDecay::new(-0.1, 0.5, 0, 10).is_err());
         let e = PolynomialDecay::new(0.0, 0.5, 10, 10).unwrap_err();
         assert_eq!(e.to_string(), "pruning schedule: end_step (10) must be greater than begin_step (10)");
-        let s: PolynomialDecay = serde_json::from_str(
-            r#"{"initial_sparsity":0.0,"final_sparsity":0.5,"begin_step":0,"end_step":10}"#,
-        )
-        .unwrap();
+        let s: PolynomialDecay =
+            serde_json::from_str(r#"{"initial_sparsity":0.0,"final_sparsity":0.5,"begin_step":0,"end_step":10}"#)
+                .unwrap();
         assert_eq!((s.power, s.frequency), (3.0, 100));
         assert!(PolynomialDecay { frequency: 0, ..s }.validate().is_err());
         assert!(PolynomialDecay { power: 0.0, ..s }.validate().is_err());

@@ -27,25 +27,13 @@ pub enum Norm {
 /// One score per output unit (dim 0) of a weight of rank ≥ 1: the L1 or L2 norm of the
 /// unit's row / filter, accumulated in f64. Data-driven scores (e.g. mean activation)
 /// can be passed to [`select_keep`] directly instead.
-pub fn unit_scores(
-    tensor: &str,
-    data: &[f32],
-    shape: &[usize],
-    norm: Norm,
-) -> Result<Vec<f32>, PruneError> {
+pub fn unit_scores(tensor: &str, data: &[f32], shape: &[usize], norm: Norm) -> Result<Vec<f32>, PruneError> {
     check_shape(tensor, shape, data.len())?;
     let Some(&units) = shape.first() else {
-        return Err(PruneError::RankTooLow {
-            tensor: tensor.to_owned(),
-            shape: shape.to_vec(),
-            min_rank: 1,
-        });
+        return Err(PruneError::RankTooLow { tensor: tensor.to_owned(), shape: shape.to_vec(), min_rank: 1 });
     };
     if let Some(index) = data.iter().position(|w| w.is_nan()) {
-        return Err(PruneError::NaN {
-            tensor: tensor.to_owned(),
-            index,
-        });
+        return Err(PruneError::NaN { tensor: tensor.to_owned(), index });
     }
     if units == 0 {
         return Ok(Vec::new());
@@ -58,11 +46,7 @@ pub fn unit_scores(
         .chunks_exact(row)
         .map(|r| match norm {
             Norm::L1 => r.iter().map(|&w| f64::from(w).abs()).sum::<f64>() as f32,
-            Norm::L2 => r
-                .iter()
-                .map(|&w| f64::from(w) * f64::from(w))
-                .sum::<f64>()
-                .sqrt() as f32,
+            Norm::L2 => r.iter().map(|&w| f64::from(w) * f64::from(w)).sum::<f64>().sqrt() as f32,
         })
         .collect())
 }
@@ -71,27 +55,15 @@ pub fn unit_scores(
 /// index, so the result is deterministic. Errors on NaN scores or `keep > scores.len()`.
 pub fn select_keep(layer: &str, scores: &[f32], keep: usize) -> Result<Vec<usize>, PruneError> {
     if keep > scores.len() {
-        return Err(PruneError::KeepTooMany {
-            layer: layer.to_owned(),
-            keep,
-            available: scores.len(),
-        });
+        return Err(PruneError::KeepTooMany { layer: layer.to_owned(), keep, available: scores.len() });
     }
     if let Some(index) = scores.iter().position(|s| s.is_nan()) {
-        return Err(PruneError::NaNScore {
-            layer: layer.to_owned(),
-            index,
-        });
+        return Err(PruneError::NaNScore { layer: layer.to_owned(), index });
     }
     let mut order: Vec<usize> = (0..scores.len()).collect();
     // -0.0 and +0.0 must tie, so compare with partial_cmp (no NaN is left) rather than
     // total_cmp.
-    order.sort_by(|&a, &b| {
-        scores[b]
-            .partial_cmp(&scores[a])
-            .expect("NaN scores were rejected above")
-            .then(a.cmp(&b))
-    });
+    order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).expect("NaN scores were rejected above").then(a.cmp(&b)));
     order.truncate(keep);
     order.sort_unstable();
     Ok(order)
@@ -119,19 +91,10 @@ pub fn take_along_dim<T: Copy>(
 ) -> Result<(Vec<T>, Vec<usize>), PruneError> {
     check_shape(tensor, shape, data.len())?;
     let Some(&size) = shape.get(dim) else {
-        return Err(PruneError::DimOutOfRange {
-            tensor: tensor.to_owned(),
-            dim,
-            shape: shape.to_vec(),
-        });
+        return Err(PruneError::DimOutOfRange { tensor: tensor.to_owned(), dim, shape: shape.to_vec() });
     };
     if let Some(&index) = idx.iter().find(|&&i| i >= size) {
-        return Err(PruneError::IndexOutOfRange {
-            tensor: tensor.to_owned(),
-            index,
-            dim,
-            size,
-        });
+        return Err(PruneError::IndexOutOfRange { tensor: tensor.to_owned(), index, dim, size });
     }
     let outer: usize = shape[..dim].iter().product();
     let inner: usize = shape[dim + 1..].iter().product();

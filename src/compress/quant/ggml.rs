@@ -5,6 +5,7 @@
 //! independent, so this module cuts the flat data into runs of whole blocks, has candle's own
 //! `GgmlType::from_float` quantize each run on the current rayon pool, and wraps the block vector
 //! in a `QTensor` without copying; the bytes are identical to `QTensor::quantize` (tested).
+//! Q8_0 and Q4_K use the faster bit-exact ports in `fastq` instead of candle's code.
 //!
 //! Fallback (like llama.cpp) when the last dim is not a multiple of the block size (32, or 256 for
 //! k-quants): Q2_K / Q3_K → Q4_0 (llama.cpp uses IQ4_NL, which candle lacks), Q4_K → Q5_0,
@@ -14,13 +15,14 @@
 use std::borrow::Cow;
 
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
+    BlockQ8_1, GgmlType,
 };
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::Device;
 use rayon::prelude::*;
 
+use super::fastq;
 use super::scheme::{GgmlKind, Scheme};
 use super::tensor::check_finite_impl;
 use super::{check_len, QuantError, Result, PAR_MIN_ELEMS};
@@ -117,22 +119,11 @@ pub fn quantize_ggml(name: &str, data: &[f32], shape: &[usize], kind: GgmlKind) 
 }
 
 /// Like [`quantize_ggml`], with runs of blocks quantized across the current rayon pool.
-pub fn quantize_ggml_par(
-    name: &str,
-    data: &[f32],
-    shape: &[usize],
-    kind: GgmlKind,
-) -> Result<QTensor> {
+pub fn quantize_ggml_par(name: &str, data: &[f32], shape: &[usize], kind: GgmlKind) -> Result<QTensor> {
     quantize_impl(name, data, shape, kind.dtype(), true)
 }
 
-pub(crate) fn quantize_impl(
-    name: &str,
-    data: &[f32],
-    shape: &[usize],
-    dtype: GgmlDType,
-    par: bool,
-) -> Result<QTensor> {
+pub(crate) fn quantize_impl(name: &str, data: &[f32], shape: &[usize], dtype: GgmlDType, par: bool) -> Result<QTensor> {
     check_len(name, shape, data.len())?;
     let block = dtype.block_size();
     let last_dim = *shape.last().expect("check_len rejects rank 0");
@@ -146,25 +137,49 @@ pub(crate) fn quantize_impl(
     }
     // candle's block quantizers do not look for NaN/inf; they would silently poison a block.
     check_finite_impl(name, data, par)?;
-    let storage = with_block_type!(dtype, T => {
-        QStorage::Cpu(Box::new(quantize_blocks::<T>(data, par)))
-    });
+    let storage = match dtype {
+        GgmlDType::Q8_0 => QStorage::Cpu(Box::new(quantize_blocks_fast::<BlockQ8_0>(data, par, fastq::q8_0_blocks))),
+        GgmlDType::Q4K => QStorage::Cpu(Box::new(quantize_blocks_fast::<BlockQ4K>(data, par, fastq::q4k_blocks))),
+        _ => with_block_type!(dtype, T => {
+            QStorage::Cpu(Box::new(quantize_blocks::<T>(data, par)))
+        }),
+    };
     Ok(QTensor::new(storage, shape)?)
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == fastq::Q8_0_BYTES);
+const _: () = assert!(std::mem::size_of::<BlockQ4K>() == fastq::Q4K_BYTES);
+
+/// Blocks per parallel task: about four tasks per thread, at least [`PAR_MIN_ELEMS`] weights.
+fn blocks_per_task(n_blocks: usize, block_size: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    n_blocks.div_ceil(4 * threads).max(PAR_MIN_ELEMS / block_size).max(1)
+}
+
+/// Quantizes with one of the `fastq` ports, writing straight into the block vector's bytes.
+fn quantize_blocks_fast<T: GgmlType>(data: &[f32], par: bool, kernel: fn(bool, &[f32], &mut [u8])) -> Vec<T> {
+    let n_blocks = data.len() / T::BLCK_SIZE;
+    let size = std::mem::size_of::<T>();
+    let mut blocks = vec![T::zeros(); n_blocks];
+    // SAFETY: the block types are `repr(C)` aggregates of integers and f16 without padding (sizes
+    // asserted above), so any bytes the kernel writes form valid values; the view covers exactly
+    // the vector's initialised elements and `blocks` is not touched while it lives.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), n_blocks * size) };
+    if par && n_blocks > 1 {
+        let bpt = blocks_per_task(n_blocks, T::BLCK_SIZE);
+        bytes.par_chunks_mut(bpt * size).zip(data.par_chunks(bpt * T::BLCK_SIZE)).for_each(|(o, x)| kernel(true, x, o));
+    } else {
+        kernel(true, data, bytes);
+    }
+    blocks
 }
 
 fn quantize_blocks<T: GgmlType + 'static>(data: &[f32], par: bool) -> Vec<T> {
     let n_blocks = data.len() / T::BLCK_SIZE;
     let mut blocks = vec![T::zeros(); n_blocks];
     if par && n_blocks > 1 {
-        let threads = rayon::current_num_threads().max(1);
-        let bpt = n_blocks
-            .div_ceil(4 * threads)
-            .max(PAR_MIN_ELEMS / T::BLCK_SIZE)
-            .max(1);
-        blocks
-            .par_chunks_mut(bpt)
-            .zip(data.par_chunks(bpt * T::BLCK_SIZE))
-            .for_each(|(ys, xs)| T::from_float(xs, ys));
+        let bpt = blocks_per_task(n_blocks, T::BLCK_SIZE);
+        blocks.par_chunks_mut(bpt).zip(data.par_chunks(bpt * T::BLCK_SIZE)).for_each(|(ys, xs)| T::from_float(xs, ys));
     } else {
         T::from_float(data, &mut blocks);
     }
@@ -178,12 +193,7 @@ pub fn dequantize_qtensor(q: &QTensor) -> Result<Vec<f32>> {
 
 /// Builds a CPU `QTensor` from raw GGML block bytes (as stored in a `*_ggml` safetensors entry or
 /// a GGUF file). The bytes are copied, so they may be unaligned (e.g. a view into an mmap).
-pub fn qtensor_from_bytes(
-    name: &str,
-    dtype: GgmlDType,
-    bytes: &[u8],
-    shape: &[usize],
-) -> Result<QTensor> {
+pub fn qtensor_from_bytes(name: &str, dtype: GgmlDType, bytes: &[u8], shape: &[usize]) -> Result<QTensor> {
     let elems: usize = shape.iter().product();
     let block = dtype.block_size();
     let bad = |reason: String| QuantError::BadEntry {
@@ -192,16 +202,11 @@ pub fn qtensor_from_bytes(
         reason,
     };
     if shape.is_empty() || shape[shape.len() - 1] % block != 0 {
-        return Err(bad(format!(
-            "shape {shape:?} does not have a last dim divisible by the block size {block}"
-        )));
+        return Err(bad(format!("shape {shape:?} does not have a last dim divisible by the block size {block}")));
     }
     let want = elems / block * dtype.type_size();
     if bytes.len() != want {
-        return Err(bad(format!(
-            "{} bytes, expected {want} for shape {shape:?}",
-            bytes.len()
-        )));
+        return Err(bad(format!("{} bytes, expected {want} for shape {shape:?}", bytes.len())));
     }
     let storage = with_block_type!(dtype, T => {
         QStorage::Cpu(Box::new(blocks_from_bytes::<T>(bytes)))
@@ -258,6 +263,50 @@ mod tests {
         .unwrap();
     }
 
+    /// The `fastq` ports against candle on data built to hit every branch: constant and all-zero
+    /// sub-blocks, ±0.0, exact .5 ties, one-sided blocks, tiny and huge magnitudes.
+    #[test]
+    fn fast_ports_match_candle_on_adversarial_data() {
+        let mut x = gaussian(64 * 256, 1.0, 25);
+        for (b, blk) in x.chunks_mut(256).enumerate() {
+            match b % 16 {
+                0 => blk.iter_mut().for_each(|v| *v = 0.0),
+                1 => blk.iter_mut().for_each(|v| *v = -0.0),
+                2 => blk.iter_mut().for_each(|v| *v = 0.75),
+                3 => blk[..32].iter_mut().for_each(|v| *v = -1.5),
+                4 => blk.iter_mut().enumerate().for_each(|(i, v)| *v = (i % 32) as f32 * 0.5),
+                5 => blk.iter_mut().for_each(|v| *v = v.abs()),
+                6 => blk.iter_mut().for_each(|v| *v = -v.abs() * 1e-30),
+                7 => blk.iter_mut().for_each(|v| *v *= 1e30),
+                8 => blk.iter_mut().for_each(|v| *v *= 1e-38),
+                9 => blk.iter_mut().enumerate().for_each(|(i, v)| *v = i as f32 - 127.0),
+                10 => blk[7] = 1000.0,
+                11 => blk.iter_mut().step_by(2).for_each(|v| *v = -0.0),
+                12 => blk.iter_mut().for_each(|v| *v = (*v * 4.0).round() / 4.0),
+                _ => {}
+            }
+        }
+        for (kind, kernel) in
+            [(GgmlKind::Q8_0, fastq::q8_0_blocks as fn(bool, &[f32], &mut [u8])), (GgmlKind::Q4K, fastq::q4k_blocks)]
+        {
+            let mut inputs = vec![x.clone()];
+            for (seed, std) in [(26, 1e-4), (27, 0.02), (28, 3.0), (29, 300.0)] {
+                inputs.push(gaussian(16 * 256, std, seed));
+            }
+            for (n, input) in inputs.iter().enumerate() {
+                let want = candle_reference(input, &[input.len() / 256, 256], kind);
+                let want = want.data().unwrap();
+                for simd in [true, false] {
+                    let mut got = vec![0u8; want.len()];
+                    kernel(simd, input, &mut got);
+                    for (b, (g, w)) in got.chunks(kind.block_bytes()).zip(want.chunks(kind.block_bytes())).enumerate() {
+                        assert_eq!(g, w, "{kind} simd={simd} input {n} block {b}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn round_trip_error_bounds() {
         // Bounds ≈ 1.2× the Gaussian figures of shared/CANDLE.md.
@@ -312,10 +361,7 @@ mod tests {
         assert!(!fits(GgmlKind::Q8_0, &[256, 3]));
         assert!(!fits(GgmlKind::Q8_0, &[]));
         let e = quantize_ggml("fc.weight", &[0.0; 784], &[1, 784], GgmlKind::Q4K).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "tensor fc.weight: last dimension 784 is not a multiple of the q4_k block size 256"
-        );
+        assert_eq!(e.to_string(), "tensor fc.weight: last dimension 784 is not a multiple of the q4_k block size 256");
     }
 
     #[test]
@@ -337,10 +383,7 @@ mod tests {
             shifted[1..].copy_from_slice(&bytes);
             let back = qtensor_from_bytes("w", kind.dtype(), &shifted[1..], &[4, 256]).unwrap();
             assert_eq!(back.data().unwrap(), bytes);
-            assert_eq!(
-                dequantize_qtensor(&back).unwrap(),
-                dequantize_qtensor(&q).unwrap()
-            );
+            assert_eq!(dequantize_qtensor(&back).unwrap(), dequantize_qtensor(&q).unwrap());
             let e = qtensor_from_bytes("w", kind.dtype(), &bytes[1..], &[4, 256]).unwrap_err();
             assert!(e.to_string().contains("expected"), "{e}");
         }

@@ -38,14 +38,8 @@ pub fn file_type(scheme: Scheme) -> u32 {
         Scheme::F16 => 1,
         Scheme::Bf16 => 32,
         Scheme::Int8 { .. } | Scheme::Ggml(GgmlKind::Q8_0) => 7,
-        Scheme::Int4 {
-            symmetric: true, ..
-        }
-        | Scheme::Ggml(GgmlKind::Q4_0) => 2,
-        Scheme::Int4 {
-            symmetric: false, ..
-        }
-        | Scheme::Ggml(GgmlKind::Q4_1) => 3,
+        Scheme::Int4 { symmetric: true, .. } | Scheme::Ggml(GgmlKind::Q4_0) => 2,
+        Scheme::Int4 { symmetric: false, .. } | Scheme::Ggml(GgmlKind::Q4_1) => 3,
         Scheme::Ggml(GgmlKind::Q5_0) => 8,
         Scheme::Ggml(GgmlKind::Q5_1) => 9,
         Scheme::Ggml(GgmlKind::Q2K) => 10,
@@ -65,17 +59,10 @@ pub fn f32_qtensor(name: &str, data: &[f32], shape: &[usize]) -> Result<QTensor>
 /// Writes a GGUF v2 file with the metadata `general.name`, `general.source_model`,
 /// `general.file_type`, `general.quantization_version` (2), `modelpress.scheme` and
 /// `modelpress.format_version` (1), and the given tensors in order.
-pub fn write_gguf<W: Write + Seek>(
-    w: &mut W,
-    meta: &GgufMetadata<'_>,
-    tensors: &[(&str, &QTensor)],
-) -> Result<()> {
+pub fn write_gguf<W: Write + Seek>(w: &mut W, meta: &GgufMetadata<'_>, tensors: &[(&str, &QTensor)]) -> Result<()> {
     let kv: Vec<(&str, Value)> = vec![
         ("general.name", Value::String(meta.name.to_string())),
-        (
-            "general.source_model",
-            Value::String(meta.source_model.to_string()),
-        ),
+        ("general.source_model", Value::String(meta.source_model.to_string())),
         ("general.quantization_version", Value::U32(2)),
         ("modelpress.scheme", Value::String(meta.scheme.label())),
         ("modelpress.format_version", Value::U32(1)),
@@ -118,11 +105,7 @@ mod tests {
         let bias = gaussian(64, 0.01, 70);
         qtensors.push(("blk.0.ffn.bias".into(), f32_qtensor("b", &bias, &[64]).unwrap()));
         let refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
-        let meta = GgufMetadata {
-            name: "tiny",
-            source_model: "sha256:abc",
-            scheme: "q4_k".parse().unwrap(),
-        };
+        let meta = GgufMetadata { name: "tiny", source_model: "sha256:abc", scheme: "q4_k".parse().unwrap() };
         let mut buf = Cursor::new(Vec::new());
         write_gguf(&mut buf, &meta, &refs).unwrap();
 
@@ -147,11 +130,7 @@ mod tests {
             assert_eq!(info.ggml_dtype, want, "{name}");
             assert_eq!(info.shape.dims(), q.shape().dims(), "{name}");
             let back = content.tensor(&mut r, name, &Device::Cpu).unwrap();
-            assert_eq!(
-                dequantize_qtensor(&back).unwrap(),
-                dequantize_qtensor(q).unwrap(),
-                "{name}"
-            );
+            assert_eq!(dequantize_qtensor(&back).unwrap(), dequantize_qtensor(q).unwrap(), "{name}");
         }
     }
 

@@ -68,6 +68,8 @@ const MAX_GROUP: usize = 256;
 const LANES: usize = 8;
 
 /// Fills `u` with the nibble values of one group and returns (scale, zp); `None` on NaN/±inf.
+// `x - x` is 0 for finite x and NaN for NaN/±inf: the finiteness check rides along.
+#[allow(clippy::eq_op)]
 #[inline(always)]
 fn group_sym(x: &[f32], u: &mut [u8]) -> Option<f32> {
     let mut m = [0f32; LANES];
@@ -100,6 +102,8 @@ fn group_sym(x: &[f32], u: &mut [u8]) -> Option<f32> {
     Some(scale)
 }
 
+// `x - x` is 0 for finite x and NaN for NaN/±inf: the finiteness check rides along.
+#[allow(clippy::eq_op)]
 #[inline(always)]
 fn group_asym(x: &[f32], u: &mut [u8]) -> Option<(f32, u8)> {
     let mut lo = [0f32; LANES];
@@ -151,11 +155,7 @@ fn pack_into(u: &[u8], packed: &mut [u8]) {
 #[inline(always)]
 fn groups_sym_g(x: &[f32], group: usize, packed: &mut [u8], scales: &mut [f32]) -> bool {
     let mut u = [0u8; MAX_GROUP];
-    for ((g, p), s) in x
-        .chunks_exact(group)
-        .zip(packed.chunks_exact_mut(group / 2))
-        .zip(scales)
-    {
+    for ((g, p), s) in x.chunks_exact(group).zip(packed.chunks_exact_mut(group / 2)).zip(scales) {
         match group_sym(g, &mut u[..group]) {
             Some(scale) => *s = scale,
             None => return false,
@@ -166,20 +166,9 @@ fn groups_sym_g(x: &[f32], group: usize, packed: &mut [u8], scales: &mut [f32]) 
 }
 
 #[inline(always)]
-fn groups_asym_g(
-    x: &[f32],
-    group: usize,
-    packed: &mut [u8],
-    scales: &mut [f32],
-    zps: &mut [u8],
-) -> bool {
+fn groups_asym_g(x: &[f32], group: usize, packed: &mut [u8], scales: &mut [f32], zps: &mut [u8]) -> bool {
     let mut u = [0u8; MAX_GROUP];
-    for (((g, p), s), z) in x
-        .chunks_exact(group)
-        .zip(packed.chunks_exact_mut(group / 2))
-        .zip(scales)
-        .zip(zps)
-    {
+    for (((g, p), s), z) in x.chunks_exact(group).zip(packed.chunks_exact_mut(group / 2)).zip(scales).zip(zps) {
         match group_asym(g, &mut u[..group]) {
             Some((scale, zp)) => (*s, *z) = (scale, zp),
             None => return false,
@@ -235,11 +224,7 @@ pub(crate) fn quantize_impl(
     check_len(name, shape, data.len())?;
     let (_, cols) = rows_cols(name, shape)?;
     if cols % group != 0 {
-        return Err(QuantError::GroupNotDivisible {
-            tensor: name.to_string(),
-            cols,
-            group_size: group,
-        });
+        return Err(QuantError::GroupNotDivisible { tensor: name.to_string(), cols, group_size: group });
     }
     let n_groups = data.len() / group;
     let mut packed = vec![0u8; data.len() / 2];
@@ -247,18 +232,12 @@ pub(crate) fn quantize_impl(
     let mut zps = (!symmetric).then(|| vec![0u8; n_groups]);
     let ok = if par {
         let threads = rayon::current_num_threads().max(1);
-        let gpt = n_groups
-            .div_ceil(4 * threads)
-            .max(PAR_MIN_ELEMS / group)
-            .max(1);
+        let gpt = n_groups.div_ceil(4 * threads).max(PAR_MIN_ELEMS / group).max(1);
         let xs = data.par_chunks(gpt * group);
         let ps = packed.par_chunks_mut(gpt * group / 2);
         let ss = scales.par_chunks_mut(gpt);
         match zps.as_mut() {
-            None => xs
-                .zip(ps)
-                .zip(ss)
-                .all(|((x, p), s)| groups_sym(simd, x, group, p, s)),
+            None => xs.zip(ps).zip(ss).all(|((x, p), s)| groups_sym(simd, x, group, p, s)),
             Some(z) => xs
                 .zip(ps)
                 .zip(ss)
@@ -274,24 +253,14 @@ pub(crate) fn quantize_impl(
     if !ok {
         return Err(non_finite_error(name, data, 0));
     }
-    Ok(Int4Data {
-        shape: shape.to_vec(),
-        group_size: group,
-        packed,
-        scales,
-        zero_points: zps,
-    })
+    Ok(Int4Data { shape: shape.to_vec(), group_size: group, packed, scales, zero_points: zps })
 }
 
 /// Dequantizes to f32: `ŵ = (u − 8) · scale` (symmetric) or `(u − zp) · scale`.
 pub fn dequantize_int4(t: &Int4Data) -> Vec<f32> {
     let mut out = vec![0f32; t.packed.len() * 2];
     let half = t.group_size / 2;
-    for (gi, (o, p)) in out
-        .chunks_exact_mut(t.group_size)
-        .zip(t.packed.chunks_exact(half))
-        .enumerate()
-    {
+    for (gi, (o, p)) in out.chunks_exact_mut(t.group_size).zip(t.packed.chunks_exact(half)).enumerate() {
         let s = t.scales[gi];
         let zp = t.zero_points.as_ref().map_or(8, |z| z[gi] as i32);
         for (o, &b) in o.chunks_exact_mut(2).zip(p) {
@@ -305,19 +274,12 @@ pub fn dequantize_int4(t: &Int4Data) -> Vec<f32> {
 /// Packs 4-bit values (0…15, higher bits ignored) two per byte, low nibble = even index. An odd
 /// count leaves the last high nibble zero.
 pub fn pack_nibbles(values: &[u8]) -> Vec<u8> {
-    values
-        .chunks(2)
-        .map(|p| (p[0] & 0x0F) | (p.get(1).copied().unwrap_or(0) << 4))
-        .collect()
+    values.chunks(2).map(|p| (p[0] & 0x0F) | (p.get(1).copied().unwrap_or(0) << 4)).collect()
 }
 
 /// Inverse of [`pack_nibbles`]: the first `n` 4-bit values of `packed`.
 pub fn unpack_nibbles(packed: &[u8], n: usize) -> Vec<u8> {
-    packed
-        .iter()
-        .flat_map(|b| [b & 0x0F, b >> 4])
-        .take(n)
-        .collect()
+    packed.iter().flat_map(|b| [b & 0x0F, b >> 4]).take(n).collect()
 }
 
 #[cfg(test)]
@@ -401,10 +363,7 @@ mod tests {
         let e = quantize_int4("fc.weight", &x, &[2, 48], 32, true).unwrap_err();
         assert!(matches!(e, QuantError::GroupNotDivisible { cols: 48, group_size: 32, .. }));
         assert!(e.to_string().starts_with("tensor fc.weight: row length 48"), "{e}");
-        assert!(matches!(
-            quantize_int4("w", &x, &[2, 48], 48, true),
-            Err(QuantError::InvalidGroupSize(48))
-        ));
+        assert!(matches!(quantize_int4("w", &x, &[2, 48], 48, true), Err(QuantError::InvalidGroupSize(48))));
         let mut x = gaussian(64, 1.0, 13);
         x[40] = f32::NAN;
         for sym in [true, false] {

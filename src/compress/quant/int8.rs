@@ -52,6 +52,8 @@ impl Int8Data {
 const LANES: usize = 8;
 
 /// max |x| and whether every value is finite (x − x is NaN exactly for NaN and ±inf).
+// `x - x` is 0 for finite x and NaN for NaN/±inf: the finiteness check rides along.
+#[allow(clippy::eq_op)]
 #[inline(always)]
 fn absmax_g(x: &[f32]) -> (f32, bool) {
     let mut m = [0f32; LANES];
@@ -79,6 +81,8 @@ fn absmax_g(x: &[f32]) -> (f32, bool) {
 }
 
 /// (min(min x, 0), max(max x, 0)) and whether every value is finite.
+// `x - x` is 0 for finite x and NaN for NaN/±inf: the finiteness check rides along.
+#[allow(clippy::eq_op)]
 #[inline(always)]
 fn minmax_g(x: &[f32]) -> (f32, f32, bool) {
     let mut lo = [0f32; LANES];
@@ -161,12 +165,7 @@ fn rows_sym_g(x: &[f32], cols: usize, q: &mut [i8], scales: &mut [f32]) -> bool 
 
 #[inline(always)]
 fn rows_asym_g(x: &[f32], cols: usize, q: &mut [i8], scales: &mut [f32], zps: &mut [i8]) -> bool {
-    for (((row, qrow), s), z) in x
-        .chunks_exact(cols)
-        .zip(q.chunks_exact_mut(cols))
-        .zip(scales)
-        .zip(zps)
-    {
+    for (((row, qrow), s), z) in x.chunks_exact(cols).zip(q.chunks_exact_mut(cols)).zip(scales).zip(zps) {
         let (lo, hi, ok) = minmax_g(row);
         if !ok {
             return false;
@@ -183,7 +182,9 @@ simd_dispatch!(pub(crate) fn absmax(x: &[f32]) -> (f32, bool) = absmax_g;);
 simd_dispatch!(fn minmax(x: &[f32]) -> (f32, f32, bool) = minmax_g;);
 simd_dispatch!(fn apply_sym(x: &[f32], inv: f32, q: &mut [i8]) -> () = apply_sym_g;);
 simd_dispatch!(fn apply_asym(x: &[f32], inv: f32, zp: f32, q: &mut [i8]) -> () = apply_asym_g;);
-simd_dispatch!(fn rows_sym(x: &[f32], cols: usize, q: &mut [i8], scales: &mut [f32]) -> bool = rows_sym_g;);
+simd_dispatch!(
+    fn rows_sym(x: &[f32], cols: usize, q: &mut [i8], scales: &mut [f32]) -> bool = rows_sym_g;
+);
 simd_dispatch!(
     fn rows_asym(x: &[f32], cols: usize, q: &mut [i8], scales: &mut [f32], zps: &mut [i8]) -> bool
         = rows_asym_g;
@@ -224,11 +225,7 @@ pub(crate) fn quantize_impl(
 ) -> Result<Int8Data> {
     check_len(name, shape, data.len())?;
     let (rows, cols) = rows_cols(name, shape)?;
-    let granularity = if shape.len() < 2 {
-        Granularity::PerTensor
-    } else {
-        granularity
-    };
+    let granularity = if shape.len() < 2 { Granularity::PerTensor } else { granularity };
     let mut values = vec![0i8; data.len()];
     let ok = match granularity {
         Granularity::PerChannel => {
@@ -242,10 +239,7 @@ pub(crate) fn quantize_impl(
                 let qs = values.par_chunks_mut(rpt * cols);
                 let ss = scales.par_chunks_mut(rpt);
                 match zps.as_mut() {
-                    None => xs
-                        .zip(qs)
-                        .zip(ss)
-                        .all(|((x, q), s)| rows_sym(simd, x, cols, q, s)),
+                    None => xs.zip(qs).zip(ss).all(|((x, q), s)| rows_sym(simd, x, cols, q, s)),
                     Some(z) => xs
                         .zip(qs)
                         .zip(ss)
@@ -265,13 +259,7 @@ pub(crate) fn quantize_impl(
     let Some((scales, zero_points)) = ok else {
         return Err(non_finite_error(name, data, 0));
     };
-    Ok(Int8Data {
-        shape: shape.to_vec(),
-        values,
-        scales,
-        zero_points,
-        granularity,
-    })
+    Ok(Int8Data { shape: shape.to_vec(), values, scales, zero_points, granularity })
 }
 
 type ScalesZps = (Vec<f32>, Option<Vec<i8>>);
@@ -281,9 +269,7 @@ fn per_tensor(data: &[f32], q: &mut [i8], symmetric: bool, par: bool, simd: bool
     let chunk = PAR_MIN_ELEMS.max(data.len().div_ceil(4 * rayon::current_num_threads().max(1)));
     if symmetric {
         let (m, ok) = if par {
-            data.par_chunks(chunk)
-                .map(|c| absmax(simd, c))
-                .reduce(|| (0.0, true), |a, b| (a.0.max(b.0), a.1 && b.1))
+            data.par_chunks(chunk).map(|c| absmax(simd, c)).reduce(|| (0.0, true), |a, b| (a.0.max(b.0), a.1 && b.1))
         } else {
             absmax(simd, data)
         };
@@ -292,19 +278,16 @@ fn per_tensor(data: &[f32], q: &mut [i8], symmetric: bool, par: bool, simd: bool
         }
         let (scale, inv) = sym_params(m, 127.0);
         if par {
-            data.par_chunks(chunk)
-                .zip(q.par_chunks_mut(chunk))
-                .for_each(|(x, q)| apply_sym(simd, x, inv, q));
+            data.par_chunks(chunk).zip(q.par_chunks_mut(chunk)).for_each(|(x, q)| apply_sym(simd, x, inv, q));
         } else {
             apply_sym(simd, data, inv, q);
         }
         Some((vec![scale], None))
     } else {
         let (lo, hi, ok) = if par {
-            data.par_chunks(chunk).map(|c| minmax(simd, c)).reduce(
-                || (0.0, 0.0, true),
-                |a, b| (a.0.min(b.0), a.1.max(b.1), a.2 && b.2),
-            )
+            data.par_chunks(chunk)
+                .map(|c| minmax(simd, c))
+                .reduce(|| (0.0, 0.0, true), |a, b| (a.0.min(b.0), a.1.max(b.1), a.2 && b.2))
         } else {
             minmax(simd, data)
         };
@@ -313,9 +296,7 @@ fn per_tensor(data: &[f32], q: &mut [i8], symmetric: bool, par: bool, simd: bool
         }
         let (scale, inv, zp) = asym_params(lo, hi);
         if par {
-            data.par_chunks(chunk)
-                .zip(q.par_chunks_mut(chunk))
-                .for_each(|(x, q)| apply_asym(simd, x, inv, zp, q));
+            data.par_chunks(chunk).zip(q.par_chunks_mut(chunk)).for_each(|(x, q)| apply_asym(simd, x, inv, zp, q));
         } else {
             apply_asym(simd, data, inv, zp, q);
         }
@@ -331,19 +312,13 @@ pub fn dequantize_int8(t: &Int8Data) -> Vec<f32> {
     if cols == 0 {
         return out;
     }
-    for (r, (o, q)) in out
-        .chunks_exact_mut(cols)
-        .zip(t.values.chunks_exact(cols))
-        .enumerate()
-    {
+    for (r, (o, q)) in out.chunks_exact_mut(cols).zip(t.values.chunks_exact(cols)).enumerate() {
         let s = t.scales[r];
         match &t.zero_points {
             None => o.iter_mut().zip(q).for_each(|(o, &q)| *o = q as f32 * s),
             Some(z) => {
                 let z = z[r] as i32;
-                o.iter_mut()
-                    .zip(q)
-                    .for_each(|(o, &q)| *o = (q as i32 - z) as f32 * s)
+                o.iter_mut().zip(q).for_each(|(o, &q)| *o = (q as i32 - z) as f32 * s)
             }
         }
     }
@@ -449,8 +424,7 @@ mod tests {
             for sym in [true, false] {
                 for g in [PC, PT] {
                     for par in [false, true] {
-                        let e = quantize_impl("fc1.weight", &x, &[6, 33], sym, g, par, true)
-                            .unwrap_err();
+                        let e = quantize_impl("fc1.weight", &x, &[6, 33], sym, g, par, true).unwrap_err();
                         match &e {
                             QuantError::NonFinite { tensor, index, what: w } => {
                                 assert_eq!(tensor, "fc1.weight");
@@ -459,10 +433,7 @@ mod tests {
                             }
                             other => panic!("{other:?}"),
                         }
-                        assert_eq!(
-                            e.to_string(),
-                            format!("tensor fc1.weight: contains {what} at index 71")
-                        );
+                        assert_eq!(e.to_string(), format!("tensor fc1.weight: contains {what} at index 71"));
                     }
                 }
             }
@@ -513,10 +484,7 @@ mod tests {
         assert!(t.values.is_empty() && t.scales.is_empty());
         let t = quantize_int8("e", &[], &[3, 0], false, PC).unwrap();
         assert_eq!(t.scales, vec![1.0; 3]);
-        assert!(matches!(
-            quantize_int8("s", &[1.0], &[], true, PC),
-            Err(QuantError::Scalar { .. })
-        ));
+        assert!(matches!(quantize_int8("s", &[1.0], &[], true, PC), Err(QuantError::Scalar { .. })));
         let e = quantize_int8("m", &[1.0; 5], &[2, 3], true, PC).unwrap_err();
         assert!(e.to_string().contains("5 values do not match shape [2, 3]"), "{e}");
     }

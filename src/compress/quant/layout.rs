@@ -97,14 +97,8 @@ impl QuantizationConfig {
     /// An empty config for a model quantized with `scheme`.
     pub fn new(scheme: Scheme) -> Self {
         let (group_size, symmetric, granularity) = match scheme {
-            Scheme::Int8 {
-                symmetric,
-                granularity,
-            } => (None, Some(symmetric), Some(granularity)),
-            Scheme::Int4 {
-                group_size,
-                symmetric,
-            } => (Some(group_size), Some(symmetric), None),
+            Scheme::Int8 { symmetric, granularity } => (None, Some(symmetric), Some(granularity)),
+            Scheme::Int4 { group_size, symmetric } => (Some(group_size), Some(symmetric), None),
             _ => (None, None, None),
         };
         QuantizationConfig {
@@ -144,13 +138,9 @@ impl QuantizationConfig {
 
     /// Parses and checks the metadata JSON.
     pub fn from_json(s: &str) -> Result<Self> {
-        let cfg: QuantizationConfig =
-            serde_json::from_str(s).map_err(|e| QuantError::BadConfig(e.to_string()))?;
+        let cfg: QuantizationConfig = serde_json::from_str(s).map_err(|e| QuantError::BadConfig(e.to_string()))?;
         if cfg.format != FORMAT {
-            return Err(QuantError::BadConfig(format!(
-                "format is {:?}, expected {FORMAT:?}",
-                cfg.format
-            )));
+            return Err(QuantError::BadConfig(format!("format is {:?}, expected {FORMAT:?}", cfg.format)));
         }
         if cfg.version != FORMAT_VERSION {
             return Err(QuantError::BadConfig(format!(
@@ -166,19 +156,14 @@ impl QuantizedTensor {
     /// The safetensors entries of this tensor (see the module doc for names, dtypes and shapes).
     pub fn to_entries(&self) -> Result<Vec<TensorEntry>> {
         let name = &self.name;
-        let entry = |suffix: &str, dtype, shape: Vec<usize>, bytes| TensorEntry {
+        let entry = |suffix: &str, dtype: &'static str, shape: Vec<usize>, bytes: Vec<u8>| TensorEntry {
             name: format!("{name}{suffix}"),
             dtype,
             shape,
             bytes,
         };
         let shape_entry = |shape: &[usize]| {
-            entry(
-                "_shape",
-                "I64",
-                vec![shape.len()],
-                shape.iter().flat_map(|d| (*d as i64).to_le_bytes()).collect(),
-            )
+            entry("_shape", "I64", vec![shape.len()], shape.iter().flat_map(|d| (*d as i64).to_le_bytes()).collect())
         };
         Ok(match &self.data {
             QuantData::Int8(t) => {
@@ -191,12 +176,7 @@ impl QuantizedTensor {
                     entry("_scale", "F32", scale_shape.clone(), f32_bytes(&t.scales)),
                 ];
                 if let Some(z) = &t.zero_points {
-                    v.push(entry(
-                        "_zero_point",
-                        "I8",
-                        scale_shape,
-                        z.iter().map(|q| *q as u8).collect(),
-                    ));
+                    v.push(entry("_zero_point", "I8", scale_shape, z.iter().map(|q| *q as u8).collect()));
                 }
                 v
             }
@@ -217,12 +197,9 @@ impl QuantizedTensor {
                 let bytes = qtensor_bytes(qtensor)?.into_owned();
                 let shape = qtensor.shape().dims();
                 let last = shape.last().copied().unwrap_or(0);
-                let rows = if last == 0 { 0 } else { shape.iter().product::<usize>() / last };
-                let per_row = if rows == 0 { 0 } else { bytes.len() / rows };
-                vec![
-                    entry("_ggml", "U8", vec![rows, per_row], bytes),
-                    shape_entry(shape),
-                ]
+                let rows = shape.iter().product::<usize>().checked_div(last).unwrap_or(0);
+                let per_row = bytes.len().checked_div(rows).unwrap_or(0);
+                vec![entry("_ggml", "U8", vec![rows, per_row], bytes), shape_entry(shape)]
             }
             QuantData::Half(h) => {
                 let dtype = match h {
@@ -244,17 +221,11 @@ impl QuantizedTensor {
         let shape = record.shape.clone();
         let elems: usize = shape.iter().product();
         let (rows, cols) = rows_cols(name, &shape)?;
-        let fetch = |suffix: &str, dtype: &str, want_shape: Option<&[usize]>, want_len: usize| {
+        let fetch = |suffix: &str, dtype: &str, want_shape: Option<&[usize]>, want_len: usize| -> Result<&'a [u8]> {
             let entry = format!("{name}{suffix}");
-            let view = get(&entry).ok_or_else(|| QuantError::MissingEntry {
-                tensor: name.to_string(),
-                entry: entry.clone(),
-            })?;
-            let bad = |reason: String| QuantError::BadEntry {
-                tensor: name.to_string(),
-                entry: entry.clone(),
-                reason,
-            };
+            let view = get(&entry)
+                .ok_or_else(|| QuantError::MissingEntry { tensor: name.to_string(), entry: entry.clone() })?;
+            let bad = |reason: String| QuantError::BadEntry { tensor: name.to_string(), entry: entry.clone(), reason };
             if view.dtype != dtype {
                 return Err(bad(format!("dtype {}, expected {dtype}", view.dtype)));
             }
@@ -269,11 +240,9 @@ impl QuantizedTensor {
             Ok(view.bytes)
         };
         let check_shape_entry = || -> Result<()> {
-            let b = fetch("_shape", "I64", Some(&[shape.len()]), 8 * shape.len())?;
-            let stored: Vec<usize> = b
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8")) as usize)
-                .collect();
+            let b = fetch("_shape", "I64", Some(&[shape.len()][..]), 8 * shape.len())?;
+            let stored: Vec<usize> =
+                b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8")) as usize).collect();
             if stored != shape {
                 return Err(QuantError::BadEntry {
                     tensor: name.to_string(),
@@ -284,10 +253,7 @@ impl QuantizedTensor {
             Ok(())
         };
         let data = match record.scheme {
-            Scheme::Int8 {
-                symmetric,
-                granularity,
-            } => {
+            Scheme::Int8 { symmetric, granularity } => {
                 let n_scales = match granularity {
                     Granularity::PerChannel => rows,
                     Granularity::PerTensor => 1,
@@ -296,12 +262,12 @@ impl QuantizedTensor {
                     Granularity::PerChannel => vec![rows, 1],
                     Granularity::PerTensor => vec![1],
                 };
-                let values = fetch("", "I8", Some(&shape), elems)?;
-                let scales = fetch("_scale", "F32", Some(&scale_shape), 4 * n_scales)?;
+                let values = fetch("", "I8", Some(&shape[..]), elems)?;
+                let scales = fetch("_scale", "F32", Some(&scale_shape[..]), 4 * n_scales)?;
                 let zero_points = if symmetric {
                     None
                 } else {
-                    let z = fetch("_zero_point", "I8", Some(&scale_shape), n_scales)?;
+                    let z = fetch("_zero_point", "I8", Some(&scale_shape[..]), n_scales)?;
                     Some(z.iter().map(|b| *b as i8).collect())
                 };
                 QuantData::Int8(Int8Data {
@@ -312,26 +278,19 @@ impl QuantizedTensor {
                     granularity,
                 })
             }
-            Scheme::Int4 {
-                group_size,
-                symmetric,
-            } => {
+            Scheme::Int4 { group_size, symmetric } => {
                 if cols % group_size != 0 {
-                    return Err(QuantError::GroupNotDivisible {
-                        tensor: name.to_string(),
-                        cols,
-                        group_size,
-                    });
+                    return Err(QuantError::GroupNotDivisible { tensor: name.to_string(), cols, group_size });
                 }
                 check_shape_entry()?;
                 let n_groups = elems / group_size;
                 let groups = [rows, cols / group_size];
-                let packed = fetch("_packed", "U8", Some(&[rows, cols / 2]), elems / 2)?;
-                let scales = fetch("_scale", "F32", Some(&groups), 4 * n_groups)?;
+                let packed = fetch("_packed", "U8", Some(&[rows, cols / 2][..]), elems / 2)?;
+                let scales = fetch("_scale", "F32", Some(&groups[..]), 4 * n_groups)?;
                 let zero_points = if symmetric {
                     None
                 } else {
-                    Some(fetch("_zero_point", "U8", Some(&groups), n_groups)?.to_vec())
+                    Some(fetch("_zero_point", "U8", Some(&groups[..]), n_groups)?.to_vec())
                 };
                 QuantData::Int4(Int4Data {
                     shape: shape.clone(),
@@ -345,37 +304,24 @@ impl QuantizedTensor {
                 check_shape_entry()?;
                 let want = elems / kind.block_size() * kind.block_bytes();
                 let bytes = fetch("_ggml", "U8", None, want)?;
-                QuantData::Ggml {
-                    kind,
-                    qtensor: qtensor_from_bytes(name, kind.dtype(), bytes, &shape)?,
-                }
+                QuantData::Ggml { kind, qtensor: qtensor_from_bytes(name, kind.dtype(), bytes, &shape)? }
             }
             Scheme::F16 => {
-                let b = fetch("", "F16", Some(&shape), 2 * elems)?;
+                let b = fetch("", "F16", Some(&shape[..]), 2 * elems)?;
                 QuantData::Half(HalfData::F16 {
                     shape: shape.clone(),
-                    values: b
-                        .chunks_exact(2)
-                        .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-                        .collect(),
+                    values: b.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect(),
                 })
             }
             Scheme::Bf16 => {
-                let b = fetch("", "BF16", Some(&shape), 2 * elems)?;
+                let b = fetch("", "BF16", Some(&shape[..]), 2 * elems)?;
                 QuantData::Half(HalfData::Bf16 {
                     shape: shape.clone(),
-                    values: b
-                        .chunks_exact(2)
-                        .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-                        .collect(),
+                    values: b.chunks_exact(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect(),
                 })
             }
         };
-        Ok(QuantizedTensor {
-            name: name.to_string(),
-            requested: record.requested.unwrap_or(record.scheme),
-            data,
-        })
+        Ok(QuantizedTensor { name: name.to_string(), requested: record.requested.unwrap_or(record.scheme), data })
     }
 }
 
@@ -384,9 +330,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn f32_from_bytes(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 #[cfg(test)]
@@ -403,11 +347,7 @@ mod tests {
     }
 
     fn view<'a>(m: &'a HashMap<String, &'a TensorEntry>, n: &str) -> Option<EntryView<'a>> {
-        m.get(n).map(|e| EntryView {
-            dtype: e.dtype,
-            shape: &e.shape,
-            bytes: &e.bytes,
-        })
+        m.get(n).map(|e| EntryView { dtype: e.dtype, shape: &e.shape, bytes: &e.bytes })
     }
 
     #[test]
@@ -424,10 +364,7 @@ mod tests {
         let t = quantize("b", &x, &[2, 3], "int8_asym_per_tensor".parse().unwrap()).unwrap();
         let e = t.to_entries().unwrap();
         let names: Vec<_> = e.iter().map(|e| (e.name.as_str(), e.dtype, e.shape.clone())).collect();
-        assert_eq!(
-            names,
-            vec![("b", "I8", vec![2, 3]), ("b_scale", "F32", vec![1]), ("b_zero_point", "I8", vec![1])]
-        );
+        assert_eq!(names, vec![("b", "I8", vec![2, 3]), ("b_scale", "F32", vec![1]), ("b_zero_point", "I8", vec![1])]);
     }
 
     #[test]
@@ -456,9 +393,24 @@ mod tests {
     #[test]
     fn every_scheme_round_trips_through_entries_and_config() {
         let schemes = [
-            "int8", "int8_asym", "int8_per_tensor", "int8_asym_per_tensor", "int4_g32",
-            "int4_asym_g128", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k",
-            "q5_k", "q6_k", "f16", "bf16",
+            "int8",
+            "int8_asym",
+            "int8_per_tensor",
+            "int8_asym_per_tensor",
+            "int4_g32",
+            "int4_asym_g128",
+            "q8_0",
+            "q4_0",
+            "q4_1",
+            "q5_0",
+            "q5_1",
+            "q2_k",
+            "q3_k",
+            "q4_k",
+            "q5_k",
+            "q6_k",
+            "f16",
+            "bf16",
         ];
         for label in schemes {
             let scheme: Scheme = label.parse().unwrap();
@@ -470,9 +422,7 @@ mod tests {
             let entries = t.to_entries().unwrap();
             let m = store(&entries);
             let cfg = QuantizationConfig::from_json(&cfg.to_json()).unwrap();
-            let back =
-                QuantizedTensor::from_entries("layer.w", &cfg.tensors["layer.w"], |n| view(&m, n))
-                    .unwrap();
+            let back = QuantizedTensor::from_entries("layer.w", &cfg.tensors["layer.w"], |n| view(&m, n)).unwrap();
             assert_eq!(back.scheme(), scheme, "{label}");
             assert_eq!(back.shape(), &[3, 2, 256]);
             assert_eq!(back.dequantize().unwrap(), t.dequantize().unwrap(), "{label}");
@@ -487,10 +437,7 @@ mod tests {
         let mut cfg = QuantizationConfig::new(Scheme::Ggml(GgmlKind::Q4K));
         cfg.record(&t);
         let json = cfg.to_json();
-        assert!(
-            json.contains(r#""w":{"scheme":"q5_0","requested":"q4_k","shape":[2,800]}"#),
-            "{json}"
-        );
+        assert!(json.contains(r#""w":{"scheme":"q5_0","requested":"q4_k","shape":[2,800]}"#), "{json}");
         let cfg = QuantizationConfig::from_json(&json).unwrap();
         let entries = t.to_entries().unwrap();
         assert_eq!(entries[0].shape, vec![2, 25 * 22]);
@@ -531,7 +478,7 @@ mod tests {
         m.insert("w_packed".into(), &short);
         let e = QuantizedTensor::from_entries("w", rec, |n| view(&m, n)).unwrap_err();
         assert!(e.to_string().contains("entry w_packed is malformed: 127 bytes, expected 128"), "{e}");
-        let mut wrong = entries[3].clone();
+        let mut wrong = entries.last().unwrap().clone();
         wrong.bytes = [4i64.to_le_bytes(), 32i64.to_le_bytes()].concat();
         let mut m = store(&entries);
         m.insert("w_shape".into(), &wrong);

@@ -108,11 +108,7 @@ impl ErrorAccumulator {
             rel_error,
             sqnr_db: sqnr.is_finite().then_some(sqnr),
             max_abs_error: self.max_abs,
-            mse: if self.count > 0 {
-                self.noise / self.count as f64
-            } else {
-                0.0
-            },
+            mse: if self.count > 0 { self.noise / self.count as f64 } else { 0.0 },
             count: self.count,
         }
     }

@@ -16,10 +16,12 @@
 //! variants run on the calling thread only, for callers that parallelise across tensors.
 //!
 //! Layout: `int8`, `int4` hold the hand-written kernels (runtime AVX2 dispatch, see `simd`);
-//! `ggml` wraps candle's block quantizers with row-parallelism and the fallback rule; `float`
-//! casts to f16/bf16; `metrics` computes error statistics; `layout` is the quantized-safetensors
-//! encoding; `gguf` the GGUF export. `docs/formats.md` describes the file formats.
+//! `ggml` wraps candle's block quantizers with row-parallelism and the fallback rule, using the
+//! bit-exact faster ports of Q8_0 / Q4_K in `fastq`; `float` casts to f16/bf16; `metrics`
+//! computes error statistics; `layout` is the quantized-safetensors encoding; `gguf` the GGUF
+//! export. `docs/formats.md` describes the file formats.
 
+mod fastq;
 mod float;
 mod ggml;
 mod gguf;
@@ -35,13 +37,9 @@ mod tensor;
 mod testutil;
 
 pub use float::{bf16_to_f32, f16_to_f32, to_bf16, to_bf16_par, to_f16, to_f16_par, HalfData};
-pub use ggml::{
-    dequantize_qtensor, fits, qtensor_from_bytes, quantize_ggml, quantize_ggml_par, resolve,
-};
+pub use ggml::{dequantize_qtensor, fits, qtensor_from_bytes, quantize_ggml, quantize_ggml_par, resolve};
 pub use gguf::{f32_qtensor, file_type, write_gguf, GgufMetadata};
-pub use int4::{
-    dequantize_int4, pack_nibbles, quantize_int4, quantize_int4_par, unpack_nibbles, Int4Data,
-};
+pub use int4::{dequantize_int4, pack_nibbles, quantize_int4, quantize_int4_par, unpack_nibbles, Int4Data};
 pub use int8::{dequantize_int8, quantize_int8, quantize_int8_par, Int8Data};
 pub use layout::{EntryView, QuantizationConfig, TensorEntry, TensorRecord, METADATA_KEY};
 pub use metrics::{ErrorAccumulator, ErrorStats};
@@ -98,9 +96,7 @@ pub enum QuantError {
     InvalidGroupSize(usize),
     /// A GGML block type was requested directly for a shape it cannot hold
     /// (use [`resolve`] to pick a fallback).
-    #[error(
-        "tensor {tensor}: last dimension {last_dim} is not a multiple of the {kind} block size {block}"
-    )]
+    #[error("tensor {tensor}: last dimension {last_dim} is not a multiple of the {kind} block size {block}")]
     BlockNotDivisible {
         /// Tensor name.
         tensor: String,
@@ -186,10 +182,7 @@ pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Re
         .num_threads(threads)
         .thread_name(|i| format!("quant-{i}"))
         .build()
-        .map_err(|e| QuantError::ThreadPool {
-            threads,
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| QuantError::ThreadPool { threads, reason: e.to_string() })?;
     Ok(pool.install(f))
 }
 
@@ -198,9 +191,7 @@ pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Re
 /// `in·kh·kw`); a rank-1 tensor is one row.
 pub(crate) fn rows_cols(name: &str, shape: &[usize]) -> Result<(usize, usize)> {
     match shape {
-        [] => Err(QuantError::Scalar {
-            tensor: name.to_string(),
-        }),
+        [] => Err(QuantError::Scalar { tensor: name.to_string() }),
         [n] => Ok((1, *n)),
         [rows, rest @ ..] => Ok((*rows, rest.iter().product())),
     }
@@ -210,17 +201,10 @@ pub(crate) fn rows_cols(name: &str, shape: &[usize]) -> Result<(usize, usize)> {
 pub(crate) fn check_len(name: &str, shape: &[usize], len: usize) -> Result<()> {
     let expected: usize = shape.iter().product();
     if shape.is_empty() {
-        return Err(QuantError::Scalar {
-            tensor: name.to_string(),
-        });
+        return Err(QuantError::Scalar { tensor: name.to_string() });
     }
     if expected != len {
-        return Err(QuantError::ShapeMismatch {
-            tensor: name.to_string(),
-            shape: shape.to_vec(),
-            len,
-            expected,
-        });
+        return Err(QuantError::ShapeMismatch { tensor: name.to_string(), shape: shape.to_vec(), len, expected });
     }
     Ok(())
 }
@@ -245,11 +229,7 @@ pub(crate) fn non_finite_error(name: &str, data: &[f32], offset: usize) -> Quant
             }
         })
         .unwrap_or((0, "a non-finite value"));
-    QuantError::NonFinite {
-        tensor: name.to_string(),
-        index: offset + index,
-        what,
-    }
+    QuantError::NonFinite { tensor: name.to_string(), index: offset + index, what }
 }
 
 /// Number of elements a parallel task should handle at least: below this the rayon overhead

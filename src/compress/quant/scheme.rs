@@ -130,9 +130,7 @@ impl GgmlKind {
             GgmlKind::Q4K => Some(GgmlKind::Q5_0),
             GgmlKind::Q5K => Some(GgmlKind::Q5_1),
             GgmlKind::Q6K => Some(GgmlKind::Q8_0),
-            GgmlKind::Q8_0 | GgmlKind::Q4_0 | GgmlKind::Q4_1 | GgmlKind::Q5_0 | GgmlKind::Q5_1 => {
-                None
-            }
+            GgmlKind::Q8_0 | GgmlKind::Q4_0 | GgmlKind::Q4_1 | GgmlKind::Q5_0 | GgmlKind::Q5_1 => None,
         }
     }
 }
@@ -177,10 +175,7 @@ impl Scheme {
     /// The canonical label, inverse of `FromStr`.
     pub fn label(&self) -> String {
         match *self {
-            Scheme::Int8 {
-                symmetric,
-                granularity,
-            } => {
+            Scheme::Int8 { symmetric, granularity } => {
                 let mut s = String::from("int8");
                 if !symmetric {
                     s.push_str("_asym");
@@ -190,10 +185,7 @@ impl Scheme {
                 }
                 s
             }
-            Scheme::Int4 {
-                group_size,
-                symmetric,
-            } => {
+            Scheme::Int4 { group_size, symmetric } => {
                 if symmetric {
                     format!("int4_g{group_size}")
                 } else {
@@ -210,10 +202,7 @@ impl Scheme {
     pub fn bits_per_weight(&self) -> f64 {
         match *self {
             Scheme::Int8 { .. } => 8.0,
-            Scheme::Int4 {
-                group_size,
-                symmetric,
-            } => {
+            Scheme::Int4 { group_size, symmetric } => {
                 let zp = if symmetric { 0.0 } else { 8.0 };
                 4.0 + (32.0 + zp) / group_size as f64
             }
@@ -281,10 +270,7 @@ impl FromStr for Scheme {
                     }
                     i += 1;
                 }
-                Ok(Scheme::Int8 {
-                    symmetric,
-                    granularity,
-                })
+                Ok(Scheme::Int8 { symmetric, granularity })
             }
             Some("int4") => {
                 let mut symmetric = true;
@@ -303,10 +289,7 @@ impl FromStr for Scheme {
                         _ => return Err(unknown()),
                     }
                 }
-                Ok(Scheme::Int4 {
-                    group_size: group_size.ok_or_else(unknown)?,
-                    symmetric,
-                })
+                Ok(Scheme::Int4 { group_size: group_size.ok_or_else(unknown)?, symmetric })
             }
             _ => Err(unknown()),
         }
@@ -322,21 +305,12 @@ mod tests {
         let mut all = vec![
             Scheme::F16,
             Scheme::Bf16,
-            Scheme::Int4 {
-                group_size: 64,
-                symmetric: false,
-            },
-            Scheme::Int4 {
-                group_size: 128,
-                symmetric: true,
-            },
+            Scheme::Int4 { group_size: 64, symmetric: false },
+            Scheme::Int4 { group_size: 128, symmetric: true },
         ];
         for symmetric in [true, false] {
             for granularity in [Granularity::PerChannel, Granularity::PerTensor] {
-                all.push(Scheme::Int8 {
-                    symmetric,
-                    granularity,
-                });
+                all.push(Scheme::Int8 { symmetric, granularity });
             }
         }
         all.extend(GgmlKind::ALL.map(Scheme::Ggml));
@@ -347,10 +321,7 @@ mod tests {
             assert_eq!(serde_json::from_str::<Scheme>(&json).unwrap(), s);
         }
         assert_eq!("int8".parse::<Scheme>().unwrap().label(), "int8");
-        assert_eq!(
-            "INT8_sym_per_channel".parse::<Scheme>().unwrap().label(),
-            "int8"
-        );
+        assert_eq!("INT8_sym_per_channel".parse::<Scheme>().unwrap().label(), "int8");
         assert_eq!("q4_k".parse::<Scheme>().unwrap(), Scheme::Ggml(GgmlKind::Q4K));
     }
 
@@ -359,10 +330,7 @@ mod tests {
         for bad in ["int4", "int4_g48", "int8_foo", "q7_k", "", "int8_per"] {
             assert!(bad.parse::<Scheme>().is_err(), "{bad}");
         }
-        assert!(matches!(
-            "int4_g48".parse::<Scheme>(),
-            Err(QuantError::InvalidGroupSize(48))
-        ));
+        assert!(matches!("int4_g48".parse::<Scheme>(), Err(QuantError::InvalidGroupSize(48))));
     }
 
     #[test]
@@ -370,13 +338,6 @@ mod tests {
         assert_eq!(Scheme::Ggml(GgmlKind::Q8_0).bits_per_weight(), 8.5);
         assert_eq!(Scheme::Ggml(GgmlKind::Q4K).bits_per_weight(), 4.5);
         assert_eq!(Scheme::Ggml(GgmlKind::Q6K).bits_per_weight(), 6.5625);
-        assert_eq!(
-            Scheme::Int4 {
-                group_size: 128,
-                symmetric: true
-            }
-            .bits_per_weight(),
-            4.25
-        );
+        assert_eq!(Scheme::Int4 { group_size: 128, symmetric: true }.bits_per_weight(), 4.25);
     }
 }

@@ -5,13 +5,14 @@
 //! `to_qtensor` re-blocks instead of re-quantizing where the layouts allow it, so the only added
 //! error is rounding the scales to f16 (relative ≤ 2⁻¹¹ per scale, i.e. ≤ 0.05 % of each weight):
 //! int8 symmetric → Q8_0 (`qs = q`, `d = f16(scale)`), int4 symmetric → Q4_0 (`d = f16(scale)`,
-//! nibbles copied), int4 asymmetric → Q4_1 (`d = f16(scale)`, `m = f16(−zp · scale)`; together at
-//! most 30 · scale · 2⁻¹¹ per weight, ≈ 1.5 % of a quantization step). int8 asymmetric (q − zp spans 255 levels, more than Q8_0's
-//! ±127) is re-quantized from its dequantized values with candle's Q8_0 (adds ≈ Q8_0's own error,
-//! rel ≈ 0.005). Scales that f16 cannot hold to 2⁻¹⁰ relative (below ≈ 6e-5, i.e. rows with
-//! max |w| < ≈ 8e-3 for int8) also take the re-quantize path. Shapes whose last dim is not a
-//! multiple of 32 become an F16 QTensor of the dequantized values (F32 if a value exceeds the f16
-//! range). All of this runs on the calling thread (the `*_par` quantizers use the rayon pool).
+//! nibbles copied), int4 asymmetric → Q4_1 (`d = f16(scale)`, `m = f16(−zp · scale)`; together
+//! at most 30 · scale · 2⁻¹¹ per weight, ≈ 1.5 % of a quantization step). int8 asymmetric
+//! (q − zp spans 255 levels, more than Q8_0's ±127) is re-quantized from its dequantized values
+//! with Q8_0 (adds ≈ Q8_0's own error, rel ≈ 0.005). Scales that f16 cannot hold to 2⁻¹⁰
+//! relative (below ≈ 6e-5, i.e. rows with max |w| < ≈ 8e-3 for int8) also take the re-quantize
+//! path. Shapes whose last dim is not a multiple of 32 become an F16 QTensor of the dequantized
+//! values (F32 if a value exceeds the f16 range). All of this runs on the calling thread (the
+//! `*_par` quantizers use the rayon pool).
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use half::f16;
@@ -63,78 +64,38 @@ pub fn quantize(name: &str, data: &[f32], shape: &[usize], scheme: Scheme) -> Re
 
 /// Like [`quantize`], splitting the work across the current rayon pool (run it inside
 /// `pool.install`, or via [`with_threads`](super::with_threads)). Output is identical.
-pub fn quantize_par(
-    name: &str,
-    data: &[f32],
-    shape: &[usize],
-    scheme: Scheme,
-) -> Result<QuantizedTensor> {
+pub fn quantize_par(name: &str, data: &[f32], shape: &[usize], scheme: Scheme) -> Result<QuantizedTensor> {
     quantize_with(name, data, shape, scheme, true)
 }
 
-fn quantize_with(
-    name: &str,
-    data: &[f32],
-    shape: &[usize],
-    requested: Scheme,
-    par: bool,
-) -> Result<QuantizedTensor> {
+fn quantize_with(name: &str, data: &[f32], shape: &[usize], requested: Scheme, par: bool) -> Result<QuantizedTensor> {
     check_len(name, shape, data.len())?;
     let half = |bf16: bool| -> Result<QuantData> {
         let shape = shape.to_vec();
         Ok(QuantData::Half(match (bf16, par) {
-            (false, false) => HalfData::F16 {
-                shape,
-                values: float::to_f16(name, data)?,
-            },
-            (false, true) => HalfData::F16 {
-                shape,
-                values: float::to_f16_par(name, data)?,
-            },
-            (true, false) => HalfData::Bf16 {
-                shape,
-                values: float::to_bf16(name, data)?,
-            },
-            (true, true) => HalfData::Bf16 {
-                shape,
-                values: float::to_bf16_par(name, data)?,
-            },
+            (false, false) => HalfData::F16 { shape, values: float::to_f16(name, data)? },
+            (false, true) => HalfData::F16 { shape, values: float::to_f16_par(name, data)? },
+            (true, false) => HalfData::Bf16 { shape, values: float::to_bf16(name, data)? },
+            (true, true) => HalfData::Bf16 { shape, values: float::to_bf16_par(name, data)? },
         }))
     };
     let qdata = match requested {
-        Scheme::Int8 {
-            symmetric,
-            granularity,
-        } => QuantData::Int8(int8::quantize_impl(
-            name,
-            data,
-            shape,
-            symmetric,
-            granularity,
-            par,
-            true,
-        )?),
-        Scheme::Int4 {
-            group_size,
-            symmetric,
-        } => QuantData::Int4(int4::quantize_impl(
-            name, data, shape, group_size, symmetric, par, true,
-        )?),
+        Scheme::Int8 { symmetric, granularity } => {
+            QuantData::Int8(int8::quantize_impl(name, data, shape, symmetric, granularity, par, true)?)
+        }
+        Scheme::Int4 { group_size, symmetric } => {
+            QuantData::Int4(int4::quantize_impl(name, data, shape, group_size, symmetric, par, true)?)
+        }
         Scheme::Ggml(kind) => match resolve(kind, shape) {
-            Scheme::Ggml(kind) => QuantData::Ggml {
-                kind,
-                qtensor: ggml::quantize_impl(name, data, shape, kind.dtype(), par)?,
-            },
+            Scheme::Ggml(kind) => {
+                QuantData::Ggml { kind, qtensor: ggml::quantize_impl(name, data, shape, kind.dtype(), par)? }
+            }
             _ => half(false)?,
         },
         Scheme::F16 => half(false)?,
         Scheme::Bf16 => half(true)?,
     };
-    Ok(QuantizedTensor {
-        name: name.to_string(),
-        requested,
-        data: qdata,
-    })
+    Ok(QuantizedTensor { name: name.to_string(), requested, data: qdata })
 }
 
 /// Errors with the tensor name and index of the first NaN/±inf, if any.
@@ -161,14 +122,8 @@ impl QuantizedTensor {
     /// per-channel int8 on a rank-1 tensor, which is per-tensor).
     pub fn scheme(&self) -> Scheme {
         match &self.data {
-            QuantData::Int8(t) => Scheme::Int8 {
-                symmetric: t.zero_points.is_none(),
-                granularity: t.granularity,
-            },
-            QuantData::Int4(t) => Scheme::Int4 {
-                group_size: t.group_size,
-                symmetric: t.symmetric(),
-            },
+            QuantData::Int8(t) => Scheme::Int8 { symmetric: t.zero_points.is_none(), granularity: t.granularity },
+            QuantData::Int4(t) => Scheme::Int4 { group_size: t.group_size, symmetric: t.symmetric() },
             QuantData::Ggml { kind, .. } => Scheme::Ggml(*kind),
             QuantData::Half(HalfData::F16 { .. }) => Scheme::F16,
             QuantData::Half(HalfData::Bf16 { .. }) => Scheme::Bf16,
@@ -301,11 +256,7 @@ fn int8_to_q8_0_bytes(t: &Int8Data) -> Vec<u8> {
 /// GGML's nibble order within a 32-block: byte j = element j (low) | element j + 16 (high).
 fn int4_to_q4_bytes(t: &Int4Data) -> (GgmlDType, Vec<u8>) {
     let per_group = t.group_size / 32;
-    let (dtype, block_bytes) = if t.symmetric() {
-        (GgmlDType::Q4_0, 18)
-    } else {
-        (GgmlDType::Q4_1, 20)
-    };
+    let (dtype, block_bytes) = if t.symmetric() { (GgmlDType::Q4_0, 18) } else { (GgmlDType::Q4_1, 20) };
     let mut out = Vec::with_capacity(t.packed.len() / 16 * block_bytes);
     for (bi, packed) in t.packed.chunks_exact(16).enumerate() {
         let g = bi / per_group;
@@ -336,16 +287,10 @@ mod tests {
         let mut v = vec![Scheme::F16, Scheme::Bf16];
         for symmetric in [true, false] {
             for granularity in [Granularity::PerChannel, Granularity::PerTensor] {
-                v.push(Scheme::Int8 {
-                    symmetric,
-                    granularity,
-                });
+                v.push(Scheme::Int8 { symmetric, granularity });
             }
             for group_size in [32, 64, 128] {
-                v.push(Scheme::Int4 {
-                    group_size,
-                    symmetric,
-                });
+                v.push(Scheme::Int4 { group_size, symmetric });
             }
         }
         v.extend(GgmlKind::ALL.map(Scheme::Ggml));
@@ -368,11 +313,7 @@ mod tests {
                 let e = rel_error(&x, &da);
                 assert!(e < 0.35, "{s}: {e}");
                 let bits = a.stored_bytes() as f64 * 8.0 / x.len() as f64;
-                assert!(
-                    (bits - s.bits_per_weight()).abs() < 0.2,
-                    "{s}: {bits} bits/weight vs {}",
-                    s.bits_per_weight()
-                );
+                assert!((bits - s.bits_per_weight()).abs() < 0.2, "{s}: {bits} bits/weight vs {}", s.bits_per_weight());
             }
         })
         .unwrap();
@@ -399,9 +340,7 @@ mod tests {
         x[99_000] = f32::INFINITY;
         let e = check_finite("layer.0.w", &x).unwrap_err();
         assert_eq!(e.to_string(), "tensor layer.0.w: contains NaN at index 77777");
-        let e = crate::compress::quant::with_threads(2, || check_finite_impl("w", &x, true))
-            .unwrap()
-            .unwrap_err();
+        let e = crate::compress::quant::with_threads(2, || check_finite_impl("w", &x, true)).unwrap().unwrap_err();
         assert!(matches!(e, QuantError::NonFinite { index: 77_777, .. }));
     }
 
@@ -437,6 +376,64 @@ mod tests {
                 // d rounding (≤ 15 · scale · 2⁻¹¹) + m rounding (≤ 15 · scale · 2⁻¹¹).
                 assert!((u - v).abs() <= 30.5 * max_scale / 2048.0, "{label}: {u} {v}");
             }
+        }
+    }
+
+    type Layer = Box<dyn Fn(&candle_core::Tensor) -> candle_core::Tensor>;
+
+    /// The fixture teacher MLP (64 → 256 → 256 → 10, 97.5 % on the digits test split) keeps its
+    /// accuracy after quantization, through dequantized f32 weights and through `QMatMul`.
+    #[test]
+    fn quantized_teacher_keeps_its_accuracy() {
+        use candle_core::quantized::QMatMul;
+        use candle_core::{Device, Module, Tensor};
+        let dev = Device::Cpu;
+        let fx = |f: &str| format!("{}/tests/fixtures/{f}", env!("CARGO_MANIFEST_DIR"));
+        let w = candle_core::safetensors::load(fx("teacher_digits.safetensors"), &dev).unwrap();
+        let d = candle_core::safetensors::load(fx("digits.safetensors"), &dev).unwrap();
+        let labels: Vec<i64> = d["test_y"].to_vec1().unwrap();
+        let names = ["fc1", "fc2", "fc3"];
+        let bias = |n: &str| w[&format!("{n}.bias")].clone();
+        let accuracy = |layers: &[Layer]| -> f64 {
+            let mut h = d["test_x"].clone();
+            for (i, layer) in layers.iter().enumerate() {
+                h = layer(&h).broadcast_add(&bias(names[i])).unwrap();
+                if i < 2 {
+                    h = h.relu().unwrap();
+                }
+            }
+            let pred: Vec<u32> = h.argmax(1).unwrap().to_vec1().unwrap();
+            let hits = pred.iter().zip(&labels).filter(|(p, y)| **p as i64 == **y).count();
+            hits as f64 / labels.len() as f64
+        };
+        let dense = |t: Tensor| -> Layer { Box::new(move |x: &Tensor| x.matmul(&t.t().unwrap()).unwrap()) };
+        let float: Vec<_> = names.iter().map(|n| dense(w[&format!("{n}.weight")].clone())).collect();
+        let base = accuracy(&float);
+        assert!((base - 0.975).abs() < 1e-9, "float accuracy {base}");
+        for (label, tolerance) in [
+            ("int8", 0.006),
+            ("int8_asym_per_tensor", 0.006),
+            ("q8_0", 0.006),
+            ("q6_k", 0.006),
+            ("int4_g32", 0.02),
+            ("q4_k", 0.02),
+        ] {
+            let scheme: Scheme = label.parse().unwrap();
+            let mut deq = Vec::new();
+            let mut qmm = Vec::new();
+            for n in names {
+                let wt = &w[&format!("{n}.weight")];
+                let data: Vec<f32> = wt.flatten_all().unwrap().to_vec1().unwrap();
+                let q = quantize(n, &data, wt.dims(), scheme).unwrap();
+                let values = Tensor::from_vec(q.dequantize().unwrap(), wt.dims(), &dev).unwrap();
+                deq.push(dense(values));
+                let mm = QMatMul::from_qtensor(q.to_qtensor().unwrap()).unwrap();
+                qmm.push(Box::new(move |x: &Tensor| mm.forward(x).unwrap()) as Layer);
+            }
+            let a = accuracy(&deq);
+            let b = accuracy(&qmm);
+            assert!(a >= base - tolerance, "{label}: {a} vs float {base}");
+            assert!(b >= base - tolerance - 0.003, "{label} QMatMul: {b} vs float {base}");
         }
     }
 
