@@ -13,6 +13,7 @@
 //! `nn`, `tensorfile`) know nothing of HTTP, tokio or SQL.
 
 pub mod api;
+pub mod artifact;
 pub mod compress;
 pub mod config;
 pub mod datasets;

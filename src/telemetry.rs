@@ -54,6 +54,9 @@ impl Histogram {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A gauge to render: name, help, labelled values.
+pub type Gauge<'a> = (&'a str, &'a str, Vec<(Labels, f64)>);
+
 fn fmt_labels(l: &Labels, extra: Option<(&str, String)>) -> String {
     let mut parts: Vec<String> =
         l.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
@@ -100,7 +103,7 @@ impl Metrics {
     }
 
     /// Renders everything plus the given gauges (name, help, labelled values).
-    pub fn render(&self, gauges: &[(&str, &str, Vec<(Labels, f64)>)]) -> String {
+    pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::new();
         for (name, help, values) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");

@@ -2,8 +2,6 @@
 //! `spec`) and on `PUT /v1/models/{id}/spec`; and the model/dataset compatibility checks run
 //! before a job that executes the model is queued.
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
@@ -15,22 +13,13 @@ use super::models::{load_model, Model};
 use super::AppState;
 use crate::datasets::DatasetInfo;
 use crate::error::{ApiError, ApiResult, ErrorCode, Problem};
-use crate::nn::{ModelSpec, SpecCheck, TensorMeta};
+use crate::nn::{ModelSpec, SpecCheck};
 use crate::tensorfile::Header;
-
-/// The tensors of a file as the network sees them (dtype and shape).
-pub fn logical_tensors(header: &Header) -> BTreeMap<String, TensorMeta> {
-    header
-        .tensors
-        .iter()
-        .map(|t| (t.name.clone(), TensorMeta { dtype: t.dtype.as_str().to_string(), shape: t.shape.clone() }))
-        .collect()
-}
 
 /// Parses a spec and checks it against the weights; returns the spec and the check.
 pub fn check_spec(text: &[u8], header: &Header) -> Result<(ModelSpec, SpecCheck), ApiError> {
     let spec = ModelSpec::from_json(text).map_err(|e| ApiError::new(ErrorCode::InvalidSpec, e.to_string()))?;
-    let check = spec.check_weights(&logical_tensors(header)).map_err(|m| {
+    let check = spec.check_weights(&crate::artifact::logical_tensors(header)).map_err(|m| {
         ApiError::new(
             ErrorCode::InvalidSpec,
             format!("the spec does not fit the weights ({} problems)", m.problems.len()),

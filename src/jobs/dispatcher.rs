@@ -159,11 +159,7 @@ impl JobsHandle {
                     let id = row.id.clone();
                     match self.prepare(row, ev_tx.clone()).await {
                         Ok(ctx) => {
-                            if let Ok(j) = db::get_job(&self.inner.db, &id).await {
-                                if let Some(j) = j {
-                                    self.publish_state(&Job::from(j));
-                                }
-                            }
+                            self.publish_from_db(&id).await;
                             let cmd = JobCommand { ctx, permit, claimed_at: Instant::now() };
                             if let Err(e) = cmd_tx.try_send(cmd) {
                                 tracing::error!(job_id = %id, error = %e, "worker channel refused a job; requeueing");

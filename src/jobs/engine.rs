@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde_json::json;
 
 use super::{InputDataset, InputModel, JobContext, JobError};
 use crate::nn::{EpochStats, ModelSpec, Network, NnError, Param, Split, TrainHooks};
 use crate::storage::TempFile;
-use crate::tensorfile::{Dtype, TensorPlan, TensorWriter, Tensorfile};
+use crate::tensorfile::{Dtype, TensorPlan, TensorWriter};
 
 impl From<NnError> for JobError {
     fn from(e: NnError) -> Self {
@@ -38,17 +38,20 @@ pub fn spec_of(model: &InputModel) -> Result<ModelSpec, JobError> {
     Ok(ModelSpec::from_json(text.as_bytes()).map_err(NnError::from)?)
 }
 
-/// Loads every tensor of a stored model as engine parameters (float tensors as f32).
+/// Loads every tensor of a stored model as engine parameters (quantized artifacts included,
+/// see [`crate::artifact`]).
 pub fn load_params(model: &InputModel) -> Result<HashMap<String, Param>, JobError> {
-    let tf = Tensorfile::open_trusted(&model.path)?;
-    let mut out = HashMap::new();
-    for t in &tf.header.tensors {
-        if t.dtype.is_float() {
-            let v = tf.to_f32(t)?;
-            out.insert(t.name.clone(), Param::Float(Tensor::from_vec(v, t.shape.clone(), &Device::Cpu)?));
-        }
-    }
-    Ok(out)
+    load_params_mode(model, crate::artifact::LoadMode::Native)
+}
+
+pub fn load_params_mode(
+    model: &InputModel,
+    mode: crate::artifact::LoadMode,
+) -> Result<HashMap<String, Param>, JobError> {
+    crate::artifact::load_params(&model.path, mode).map_err(|e| match e {
+        crate::artifact::ArtifactError::Candle(e) => JobError::Internal(format!("candle: {e}")),
+        other => JobError::input(other.to_string()),
+    })
 }
 
 /// Float tensors of the params (for training from stored weights).

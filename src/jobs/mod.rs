@@ -7,8 +7,10 @@
 //! the reporter task, which persists them and broadcasts them to SSE subscribers.
 
 pub mod dispatcher;
+pub mod distill;
 pub mod engine;
 pub mod params;
+pub mod prune;
 pub mod quantize;
 pub mod runner;
 pub mod training;

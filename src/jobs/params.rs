@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 
 /// The kinds of job this build knows.
-pub const KINDS: &[&str] = &["quantize", "evaluate", "train"];
+pub const KINDS: &[&str] = &["quantize", "evaluate", "train", "prune", "distill"];
 
 /// Limits and switches that shape validation.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +23,8 @@ pub enum JobParams {
     Quantize(QuantizeParams),
     Evaluate(EvaluateParams),
     Train(TrainParams),
+    Prune(super::prune::PruneParams),
+    Distill(super::distill::DistillParams),
     DebugSleep(SleepParams),
 }
 
@@ -41,6 +43,8 @@ impl JobParams {
             JobParams::Quantize(_) => "quantize",
             JobParams::Evaluate(_) => "evaluate",
             JobParams::Train(_) => "train",
+            JobParams::Prune(_) => "prune",
+            JobParams::Distill(_) => "distill",
             JobParams::DebugSleep(_) => "debug_sleep",
         }
     }
@@ -60,13 +64,19 @@ impl JobParams {
         match self {
             JobParams::Evaluate(p) => Needs { spec: true, data: vec![(p.dataset_id.clone(), p.split.clone(), true)] },
             JobParams::Train(p) => Needs { spec: true, data: vec![(p.dataset_id.clone(), p.split.clone(), true)] },
+            JobParams::Prune(p) => p.needs(),
+            JobParams::Distill(p) => p.needs(),
             JobParams::Quantize(_) | JobParams::DebugSleep(_) => Needs::default(),
         }
     }
 
     /// Other models the job reads (ids), besides `model_id`.
     pub fn model_ids(&self) -> Vec<String> {
-        Vec::new()
+        match self {
+            JobParams::Prune(p) => p.model_ids(),
+            JobParams::Distill(p) => p.model_ids(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -97,6 +107,8 @@ pub fn parse(kind: &str, params: &Value, rules: &ParamRules) -> Result<JobParams
             p.check()?;
             Ok(JobParams::Train(p))
         }
+        "prune" => Ok(JobParams::Prune(super::prune::PruneParams::parse(params)?)),
+        "distill" => Ok(JobParams::Distill(super::distill::DistillParams::parse(params)?)),
         "debug_sleep" if rules.enable_test_jobs => {
             let p: SleepParams = typed(params)?;
             if p.steps > 100_000 || p.step_ms > 60_000 {

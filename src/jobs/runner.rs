@@ -12,6 +12,8 @@ pub fn run_job(ctx: &JobContext) -> Result<JobOutput, JobError> {
         JobParams::Quantize(p) => super::quantize::run(ctx, p),
         JobParams::Evaluate(p) => super::training::run_evaluate(ctx, p),
         JobParams::Train(p) => super::training::run_train(ctx, p),
+        JobParams::Prune(p) => super::prune::run(ctx, p),
+        JobParams::Distill(p) => super::distill::run(ctx, p),
         JobParams::DebugSleep(p) => debug_sleep(ctx, p),
     }
 }

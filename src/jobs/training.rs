@@ -5,9 +5,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::engine::{
-    float_tensors, load_network, load_params, load_split, load_test_split, spec_of, write_tensors, JobHooks,
-};
+use super::engine::{float_tensors, load_network, load_split, load_test_split, spec_of, write_tensors, JobHooks};
 use super::params::{EvaluateParams, TrainParams};
 use super::{JobContext, JobError, JobOutput, OutputModel};
 use crate::nn::{evaluate, Init, Network};
@@ -48,7 +46,11 @@ pub fn run_train(ctx: &JobContext, p: &TrainParams) -> Result<JobOutput, JobErro
     let ds = dataset(ctx, &p.dataset_id)?;
     let (split_name, split) = load_split(ds, p.split.as_deref(), "train")?;
     labels(&split, &split_name)?;
-    let init = if p.init == "random" { Init::Random } else { Init::Params(float_tensors(&load_params(model)?)) };
+    let init = if p.init == "random" {
+        Init::Random
+    } else {
+        Init::Params(float_tensors(&super::engine::load_params_mode(model, crate::artifact::LoadMode::Dequantized)?))
+    };
     let cfg = p.settings.to_config();
     let mut hooks = JobHooks::new(ctx, cfg.epochs, (0.02, 0.95), "training");
     ctx.progress(0.02, "training");

@@ -1,0 +1,31 @@
+//! `prune` jobs (runs on a worker thread). Being built: until then the kind is refused at
+//! submission with a clear 422.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::params::Needs;
+use super::{JobContext, JobError, JobOutput};
+use crate::error::ApiError;
+
+/// Parameters of a `prune` job.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneParams {
+    pub raw: Value,
+}
+
+impl PruneParams {
+    pub fn parse(_params: &Value) -> Result<PruneParams, ApiError> {
+        Err(ApiError::validation("kind", "the prune kind is not available in this build yet"))
+    }
+    pub fn needs(&self) -> Needs {
+        Needs::default()
+    }
+    pub fn model_ids(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+pub fn run(_ctx: &JobContext, _p: &PruneParams) -> Result<JobOutput, JobError> {
+    Err(JobError::input("the prune kind is not available in this build yet"))
+}
