@@ -100,3 +100,69 @@ pub fn load_params(path: &Path, mode: LoadMode) -> Result<HashMap<String, Param>
     }
     Ok(out)
 }
+
+/// Writes `src` with every tensor as plain values: quantized tensors dequantized to F32, float
+/// tensors as F32, integer tensors unchanged. The `quantization_config` metadata is dropped.
+pub fn write_dequantized(src: &Path, dst: &Path) -> Result<(), ArtifactError> {
+    use crate::tensorfile::{Dtype, TensorPlan, TensorWriter};
+    let tf = Tensorfile::open_trusted(src)?;
+    let quantized = quantized_tensors(&tf)?;
+    let logical = logical_tensors(&tf.header);
+    let mut plans = Vec::new();
+    for (name, meta) in &logical {
+        let dtype = if meta.dtype == "F32" || Dtype::parse(&meta.dtype).is_some_and(|d| d.is_float()) {
+            Dtype::F32
+        } else {
+            Dtype::parse(&meta.dtype).unwrap_or(Dtype::U8)
+        };
+        plans.push(TensorPlan::new(name, dtype, meta.shape.clone()));
+    }
+    let mut meta: std::collections::BTreeMap<String, String> = tf.header.metadata.clone();
+    meta.remove(METADATA_KEY);
+    meta.insert("modelpress.dequantized".into(), "true".into());
+    let mut w = TensorWriter::create(dst, plans.clone(), &meta)?;
+    for plan in &plans {
+        if let Some(q) = quantized.iter().find(|q| q.name == plan.name) {
+            w.write_f32_as(&q.dequantize()?)?;
+        } else {
+            let e = tf.entry(&plan.name)?;
+            if plan.dtype == Dtype::F32 && e.dtype.is_float() {
+                w.write_f32_as(&tf.to_f32(e)?)?;
+            } else {
+                w.write(tf.bytes(e))?;
+            }
+        }
+    }
+    w.finish()?;
+    Ok(())
+}
+
+/// Writes `src` as a GGUF file (GGUF v2, readable by the `gguf` Python package and llama.cpp
+/// tooling): GGML-typed tensors as stored, int8 re-blocked to Q8_0, int4 to Q4_0/Q4_1 (see
+/// docs/formats.md), float tensors as F32, integer tensors converted to F32.
+pub fn write_gguf(src: &Path, dst: &Path, name: &str, source_model: &str) -> Result<(), ArtifactError> {
+    use crate::compress::quant::{f32_qtensor, GgufMetadata, Scheme};
+    let tf = Tensorfile::open_trusted(src)?;
+    let cfg = quant_config(&tf.header);
+    let mut tensors = Vec::new();
+    for q in quantized_tensors(&tf)? {
+        tensors.push((q.name.clone(), q.to_qtensor()?));
+    }
+    let logical = logical_tensors(&tf.header);
+    for (n, meta) in &logical {
+        if tensors.iter().any(|(t, _)| t == n) {
+            continue;
+        }
+        let e = tf.entry(n)?;
+        tensors.push((n.clone(), f32_qtensor(n, &tf.to_f32(e)?, &meta.shape)?));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let scheme = cfg.map(|c| c.scheme).unwrap_or(Scheme::F16);
+    let refs: Vec<(&str, &candle_core::quantized::QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(dst).map_err(TensorfileError::Io)?);
+    crate::compress::quant::write_gguf(&mut f, &GgufMetadata { name, source_model, scheme }, &refs)?;
+    use std::io::Write;
+    f.flush().map_err(TensorfileError::Io)?;
+    f.get_ref().sync_all().map_err(TensorfileError::Io)?;
+    Ok(())
+}

@@ -19,6 +19,7 @@ pub mod config;
 pub mod datasets;
 pub mod db;
 pub mod error;
+pub mod glob;
 pub mod jobs;
 pub mod nn;
 pub mod startup;

@@ -112,7 +112,8 @@ pub struct ListQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DownloadQuery {
-    /// `native` (the stored file, default).
+    /// `native` (the stored file, default), `safetensors-f32` (every tensor dequantized to f32),
+    /// or `gguf` (GGUF v2; int8 as Q8_0, int4 as Q4_0/Q4_1, GGML types as stored).
     pub format: Option<String>,
 }
 
@@ -358,6 +359,7 @@ pub async fn delete_model(State(st): State<AppState>, ApiPath(id): ApiPath<Strin
             if let Err(e) = tokio::fs::remove_file(&path).await {
                 tracing::warn!(model_id = %id, error = %e, "model file already gone");
             }
+            st.store.remove_derived(&id);
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteOutcome::NotFound => Err(ApiError::not_found("model", &id)),
@@ -493,9 +495,34 @@ pub async fn download_model(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let row = load_model(&st, &id).await?;
-    match q.format.as_deref().unwrap_or("native") {
-        "native" => {}
-        other => return Err(ApiError::validation("format", format!("unknown format '{other}'; available: native"))),
+    let format = q.format.as_deref().unwrap_or("native");
+    let (ext, derive): (&str, fn(&std::path::Path, &std::path::Path, &ModelRow) -> Result<(), crate::artifact::ArtifactError>) = match format {
+        "native" => {
+            return serve_file(&st.store.model_path(&row.id), &row.sha256, &safe_filename(&row.name, "safetensors"), &headers).await
+        }
+        "safetensors-f32" => ("safetensors", |src, dst, _| crate::artifact::write_dequantized(src, dst)),
+        "gguf" => ("gguf", |src, dst, row| crate::artifact::write_gguf(src, dst, &row.name, &format!("modelpress:{}:{}", row.id, row.sha256))),
+        other => {
+            return Err(ApiError::validation("format", format!("unknown format '{other}'; available: native, safetensors-f32, gguf")))
+        }
+    };
+    let path = st.store.derived_path(&row.id, format, ext);
+    let sha_path = path.with_extension(format!("{ext}.sha256"));
+    if !sha_path.exists() {
+        // Derived once, under a temp name, then renamed: concurrent requests at worst derive
+        // twice, never serve a partial file.
+        let (src, tmp, dst, sha_dst, row2) = (st.store.model_path(&row.id), st.store.temp_file(ext), path.clone(), sha_path.clone(), row.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+            derive(&src, tmp.path(), &row2).map_err(|e| ApiError::new(ErrorCode::Validation, format!("cannot convert to this format: {e}")))?;
+            let sha = crate::storage::ArtifactStore::sha256_file(tmp.path())?;
+            tmp.persist(&dst)?;
+            std::fs::write(&sha_dst, sha)?;
+            Ok(())
+        })
+        .await
+        .map_err(ApiError::internal)??;
     }
-    serve_file(&st.store.model_path(&row.id), &row.sha256, &safe_filename(&row.name, "safetensors"), &headers).await
+    let sha = tokio::fs::read_to_string(&sha_path).await?;
+    let suffix = if format == "gguf" { "gguf".to_string() } else { "f32.safetensors".to_string() };
+    serve_file(&path, sha.trim(), &safe_filename(&row.name, &suffix), &headers).await
 }

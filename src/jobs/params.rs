@@ -66,7 +66,11 @@ impl JobParams {
             JobParams::Train(p) => Needs { spec: true, data: vec![(p.dataset_id.clone(), p.split.clone(), true)] },
             JobParams::Prune(p) => p.needs(),
             JobParams::Distill(p) => p.needs(),
-            JobParams::Quantize(_) | JobParams::DebugSleep(_) => Needs::default(),
+            JobParams::Quantize(p) => match &p.eval_dataset_id {
+                Some(d) => Needs { spec: true, data: vec![(d.clone(), p.eval_split.clone(), true)] },
+                None => Needs::default(),
+            },
+            JobParams::DebugSleep(_) => Needs::default(),
         }
     }
 
@@ -122,30 +126,99 @@ pub fn parse(kind: &str, params: &Value, rules: &ParamRules) -> Result<JobParams
     }
 }
 
-/// Float cast schemes (more arrive with the quantization issue).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scheme {
-    F16,
-    Bf16,
-}
-
 /// `kind: "quantize"`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuantizeParams {
-    /// Target representation: `f16` or `bf16` (cast every f32/f64 tensor).
+    /// `f16`, `bf16`, `int8`, `int4`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q2_k`, `q3_k`, `q4_k`,
+    /// `q5_k`, `q6_k`, or a full label such as `int8_asym_per_tensor` / `int4_g128`.
     pub scheme: String,
+    /// int8/int4: symmetric (default) or asymmetric with zero points.
+    #[serde(default)]
+    pub symmetric: Option<bool>,
+    /// int8: `per_channel` (default, one scale per output row) or `per_tensor`.
+    #[serde(default)]
+    pub granularity: Option<String>,
+    /// int4: weights per scale, 32 (default), 64, 128 or 256.
+    #[serde(default)]
+    pub group_size: Option<usize>,
+    /// Only tensors whose name matches one of these globs (`*`, `?`).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Never these tensors.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Per-tensor schemes by glob (`{"fc3.weight": "int8", "embeddings.*": "f16"}`); `float`
+    /// keeps a tensor in its stored precision.
+    #[serde(default)]
+    pub overrides: std::collections::BTreeMap<String, String>,
+    /// Integer schemes: tensors with fewer elements stay float (default 1024).
+    #[serde(default = "d_min_elements")]
+    pub min_elements: usize,
+    /// Measure accuracy of the stored artifact against the float model on this dataset.
+    #[serde(default)]
+    pub eval_dataset_id: Option<String>,
+    /// Split for the accuracy check (default `test`).
+    #[serde(default)]
+    pub eval_split: Option<String>,
+}
+
+fn d_min_elements() -> usize {
+    1024
 }
 
 impl QuantizeParams {
-    pub fn scheme(&self) -> Result<Scheme, ApiError> {
-        serde_json::from_value(Value::String(self.scheme.clone())).map_err(|_| {
-            ApiError::validation("params.scheme", format!("unknown scheme '{}'; supported: f16, bf16", self.scheme))
+    /// The full scheme label the request asks for.
+    pub fn label(&self) -> String {
+        let asym = self.symmetric == Some(false);
+        match self.scheme.to_ascii_lowercase().as_str() {
+            "int8" => {
+                let mut s = String::from("int8");
+                if asym {
+                    s.push_str("_asym");
+                }
+                if self.granularity.as_deref() == Some("per_tensor") {
+                    s.push_str("_per_tensor");
+                }
+                s
+            }
+            "int4" => format!("int4{}_g{}", if asym { "_asym" } else { "" }, self.group_size.unwrap_or(32)),
+            other => other.to_string(),
+        }
+    }
+
+    pub fn scheme(&self) -> Result<crate::compress::quant::Scheme, ApiError> {
+        self.label().parse().map_err(|e: crate::compress::quant::QuantError| {
+            ApiError::validation(
+                "params.scheme",
+                format!(
+                    "unknown scheme '{}' ({e}); supported: f16, bf16, int8, int4, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k",
+                    self.scheme
+                ),
+            )
         })
     }
+
     fn check(&self) -> Result<(), ApiError> {
-        self.scheme().map(|_| ())
+        if let Some(g) = &self.granularity {
+            if !["per_channel", "per_tensor"].contains(&g.as_str()) {
+                return Err(ApiError::validation("params.granularity", "per_channel or per_tensor"));
+            }
+        }
+        if let Some(g) = self.group_size {
+            if !crate::compress::quant::INT4_GROUP_SIZES.contains(&g) {
+                return Err(ApiError::validation("params.group_size", "one of 32, 64, 128, 256"));
+            }
+        }
+        self.scheme()?;
+        for (glob, scheme) in &self.overrides {
+            if scheme != "float" {
+                scheme.parse::<crate::compress::quant::Scheme>().map_err(|e| {
+                    ApiError::validation(format!("params.overrides.{glob}"), format!("unknown scheme '{scheme}': {e}"))
+                })?;
+            }
+        }
+        check_split("params.eval_split", self.eval_split.as_deref())
     }
 }
 

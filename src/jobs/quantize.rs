@@ -1,176 +1,220 @@
-//! `quantize` job glue (runs on a worker thread): streams tensors from the memory-mapped input
-//! into a new safetensors file, converting as the scheme says, and measures the error of every
-//! converted tensor against the original.
+//! `quantize` job glue (runs on a worker thread): streams tensors from the memory-mapped input,
+//! quantizes the selected ones with the `compress::quant` kernels, writes the quantized
+//! safetensors layout (documented in docs/formats.md), and reports per-tensor error and — with
+//! a spec and `eval_dataset_id` — the accuracy of the stored artifact against the float model.
+//!
+//! Tensors are processed one at a time: each quantized tensor's stored parts are appended to a
+//! spool file as soon as they exist, so memory stays near the largest tensor; the final file is
+//! the header followed by a copy of the spool.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::time::Instant;
 
-use half::slice::HalfFloatSliceExt;
-use half::{bf16, f16};
-use serde_json::json;
+use serde_json::{json, Value};
 
-use super::params::{QuantizeParams, Scheme};
+use super::params::QuantizeParams;
 use super::{JobContext, JobError, JobOutput, OutputModel};
-use crate::tensorfile::{Dtype, TensorPlan, TensorWriter, Tensorfile};
+use crate::compress::quant::{
+    quantize_par, ErrorStats, QuantError, QuantizationConfig, QuantizedTensor, Scheme, INT4_GROUP_SIZES, METADATA_KEY,
+};
+use crate::tensorfile::{Dtype, TensorEntry, TensorPlan, TensorWriter, Tensorfile};
 
-/// Elements converted per step: bounds memory and the time between check points.
-const CHUNK: usize = 1 << 20;
-
-/// Running error statistics of one tensor, accumulated in f64.
-#[derive(Default)]
-struct ErrAcc {
-    sq_err: f64,
-    sq_ref: f64,
-    max_abs: f64,
+/// What happens to one tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Action {
+    Keep,
+    Quantize(Scheme),
 }
 
-impl ErrAcc {
-    fn update(&mut self, orig: &[f32], deq: impl Iterator<Item = f32>) {
-        for (&o, d) in orig.iter().zip(deq) {
-            let e = (o as f64 - d as f64).abs();
-            self.sq_err += e * e;
-            self.sq_ref += (o as f64) * (o as f64);
-            if e > self.max_abs {
-                self.max_abs = e;
-            }
-        }
+fn plan_action(p: &QuantizeParams, base: Scheme, t: &TensorEntry) -> Result<Action, JobError> {
+    if !t.dtype.is_float() {
+        return Ok(Action::Keep);
     }
-    fn rel(&self) -> f64 {
-        if self.sq_ref == 0.0 {
-            if self.sq_err == 0.0 {
-                0.0
-            } else {
-                f64::MAX
-            }
+    if let Some((_, s)) = p.overrides.iter().find(|(glob, _)| crate::glob::matches(glob, &t.name)) {
+        return Ok(if s == "float" {
+            Action::Keep
         } else {
-            (self.sq_err / self.sq_ref).sqrt()
+            Action::Quantize(s.parse().map_err(|e: QuantError| JobError::invalid("params.overrides", e.to_string()))?)
+        });
+    }
+    if (!p.include.is_empty() && !crate::glob::any(&p.include, &t.name)) || crate::glob::any(&p.exclude, &t.name) {
+        return Ok(Action::Keep);
+    }
+    let cast_only = matches!(base, Scheme::F16 | Scheme::Bf16);
+    // Integer schemes only pay off on weight matrices (linear 2-D, conv 4-D); biases, norms and
+    // small tensors stay float. Float casts apply to every float tensor.
+    if !cast_only && (t.shape.len() < 2 || (t.numel() as usize) < p.min_elements) {
+        return Ok(Action::Keep);
+    }
+    Ok(Action::Quantize(base))
+}
+
+/// Quantizes with the fallbacks the kernels leave to the caller: int4 rows that no group size
+/// divides use the largest group that fits, else int8 per-channel.
+fn quantize_with_fallback(name: &str, vals: &[f32], shape: &[usize], scheme: Scheme) -> Result<QuantizedTensor, QuantError> {
+    match quantize_par(name, vals, shape, scheme) {
+        Err(QuantError::GroupNotDivisible { cols, .. }) => {
+            let Scheme::Int4 { symmetric, .. } = scheme else { unreachable!("only int4 has groups") };
+            let fallback = INT4_GROUP_SIZES
+                .iter()
+                .rev()
+                .find(|&&g| cols % g == 0)
+                .map(|&group_size| Scheme::Int4 { group_size, symmetric })
+                .unwrap_or(Scheme::Int8 { symmetric, granularity: crate::compress::quant::Granularity::PerChannel });
+            let mut q = quantize_par(name, vals, shape, fallback)?;
+            q.requested = scheme;
+            Ok(q)
         }
+        other => other,
     }
 }
 
-fn f32_chunk(bytes: &[u8], dtype: Dtype, out: &mut Vec<f32>) {
-    out.clear();
-    match dtype {
-        Dtype::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        Dtype::F64 => {
-            out.extend(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8")) as f32))
-        }
-        _ => unreachable!("only f32/f64 are cast"),
-    }
+fn quant_error(e: QuantError) -> JobError {
+    JobError::input(e.to_string())
 }
 
-/// Casts every f32/f64 tensor to f16 or bf16.
+fn dtype_of(code: &str) -> Result<Dtype, JobError> {
+    Dtype::parse(code).ok_or_else(|| JobError::Internal(format!("kernel produced unknown dtype {code}")))
+}
+
 pub fn run(ctx: &JobContext, p: &QuantizeParams) -> Result<JobOutput, JobError> {
-    let scheme = p.scheme().map_err(|e| JobError::invalid("params.scheme", e.detail))?;
     let started = Instant::now();
+    let base = p.scheme().map_err(|e| JobError::invalid("params.scheme", e.detail))?;
     let input = ctx.input_model()?;
     let tf = Tensorfile::open_trusted(&input.path)?;
-    let target = match scheme {
-        Scheme::F16 => Dtype::F16,
-        Scheme::Bf16 => Dtype::Bf16,
-    };
-    let cast = |d: Dtype| matches!(d, Dtype::F32 | Dtype::F64);
-    let plans: Vec<TensorPlan> = tf
-        .header
-        .tensors
-        .iter()
-        .map(|t| TensorPlan::new(&t.name, if cast(t.dtype) { target } else { t.dtype }, t.shape.clone()))
-        .collect();
-    let mut meta: BTreeMap<String, String> = tf.header.metadata.clone();
-    meta.insert("modelpress.source_model".into(), input.id.clone());
-    meta.insert("modelpress.job_id".into(), ctx.id.clone());
-    meta.insert("modelpress.scheme".into(), p.scheme.clone());
-
-    let temp = ctx.store.temp_file("safetensors");
-    let mut w = TensorWriter::create(temp.path(), plans, &meta)?;
-    let total_bytes: u64 = tf.header.data_len.max(1);
-    let mut done_bytes = 0u64;
-    let mut per_tensor = Vec::with_capacity(tf.header.tensors.len());
-    let mut vals = Vec::with_capacity(CHUNK);
-    let mut out16 = vec![0u16; 0];
-    let mut bytes_out = Vec::with_capacity(CHUNK * 2);
+    if crate::artifact::quant_config(&tf.header).is_some() {
+        return Err(JobError::invalid("model_id", "the model is already quantized; quantize its float parent instead"));
+    }
+    let mut config = QuantizationConfig::new(base);
+    let mut plans = Vec::new();
+    let spool = ctx.store.temp_file("spool");
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(spool.path())?);
+    let mut per_tensor = Vec::new();
+    let total = tf.header.data_len.max(1) as f64;
+    let (mut done, mut q_elems, mut q_bytes) = (0u64, 0u64, 0u64);
     for t in &tf.header.tensors {
         ctx.checkpoint()?;
-        let data = tf.bytes(t);
-        if !cast(t.dtype) {
-            w.write(data)?;
-            per_tensor.push(json!({"name": t.name, "dtype_before": t.dtype, "dtype_after": t.dtype, "action": "kept"}));
-        } else {
-            let es = t.dtype.size();
-            let mut acc = ErrAcc::default();
-            for chunk in data.chunks(CHUNK * es) {
-                f32_chunk(chunk, t.dtype, &mut vals);
-                if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
-                    return Err(JobError::input(format!(
-                        "tensor '{}' contains a non-finite value ({}) at element {}",
-                        t.name,
-                        vals[i],
-                        (done_in(chunk, data) / es) + i
-                    )));
+        match plan_action(p, base, t)? {
+            Action::Keep => {
+                plans.push(TensorPlan::new(&t.name, t.dtype, t.shape.clone()));
+                out.write_all(tf.bytes(t))?;
+                if t.dtype.is_float() {
+                    config.record_float(&t.name);
                 }
-                out16.resize(vals.len(), 0);
-                bytes_out.clear();
-                match target {
-                    Dtype::F16 => {
-                        let h: &mut [f16] = bytemuck_f16(&mut out16);
-                        h.convert_from_f32_slice(&vals);
-                        acc.update(&vals, h.iter().map(|x| x.to_f32()));
-                        h.iter().for_each(|x| bytes_out.extend_from_slice(&x.to_le_bytes()));
-                    }
-                    _ => {
-                        let h: &mut [bf16] = bytemuck_bf16(&mut out16);
-                        h.convert_from_f32_slice(&vals);
-                        acc.update(&vals, h.iter().map(|x| x.to_f32()));
-                        h.iter().for_each(|x| bytes_out.extend_from_slice(&x.to_le_bytes()));
-                    }
-                }
-                w.write(&bytes_out)?;
-                done_bytes += chunk.len() as u64;
-                ctx.progress(0.95 * done_bytes as f64 / total_bytes as f64, "converting");
+                per_tensor.push(json!({"name": t.name, "action": "kept", "dtype": t.dtype, "shape": t.shape, "bytes": t.nbytes()}));
             }
-            per_tensor.push(json!({
-                "name": t.name,
-                "dtype_before": t.dtype,
-                "dtype_after": target,
-                "action": "cast",
-                "max_abs_error": acc.max_abs,
-                "rel_error": acc.rel(),
-            }));
-            continue;
+            Action::Quantize(scheme) => {
+                let vals = tf.to_f32(t)?;
+                let q = quantize_with_fallback(&t.name, &vals, &t.shape, scheme).map_err(quant_error)?;
+                let stats = ErrorStats::compute(&vals, &q.dequantize().map_err(quant_error)?).map_err(quant_error)?;
+                let entries = q.to_entries().map_err(quant_error)?;
+                let stored: u64 = entries.iter().map(|e| e.bytes.len() as u64).sum();
+                for e in &entries {
+                    plans.push(TensorPlan::new(&e.name, dtype_of(e.dtype)?, e.shape.clone()));
+                    out.write_all(&e.bytes)?;
+                }
+                config.record(&q);
+                q_elems += t.numel();
+                q_bytes += stored;
+                per_tensor.push(json!({
+                    "name": t.name,
+                    "action": "quantized",
+                    "scheme_requested": scheme.label(),
+                    "scheme": q.scheme().label(),
+                    "fell_back": q.fell_back() || q.scheme() != scheme,
+                    "shape": t.shape,
+                    "dtype_before": t.dtype,
+                    "bytes_before": t.nbytes(),
+                    "bytes_after": stored,
+                    "rel_error": stats.rel_error,
+                    "sqnr_db": stats.sqnr_db,
+                    "max_abs_error": stats.max_abs_error,
+                }));
+            }
         }
-        done_bytes += data.len() as u64;
+        done += t.nbytes();
+        ctx.progress(0.8 * done as f64 / total, "quantizing");
     }
+    out.flush()?;
+    drop(out);
+
+    let mut meta: BTreeMap<String, String> =
+        tf.header.metadata.iter().filter(|(k, _)| k.as_str() != METADATA_KEY).map(|(k, v)| (k.clone(), v.clone())).collect();
+    meta.insert(METADATA_KEY.into(), config.to_json());
+    meta.insert("modelpress.source_model".into(), input.id.clone());
+    meta.insert("modelpress.job_id".into(), ctx.id.clone());
+    meta.insert("modelpress.scheme".into(), base.label());
+    let temp = ctx.store.temp_file("safetensors");
+    let mut w = TensorWriter::create(temp.path(), plans, &meta)?;
+    let mut spool_reader = std::fs::File::open(spool.path())?;
+    std::io::copy(&mut spool_reader, &mut WriterAdapter(&mut w))?;
     w.finish()?;
-    ctx.progress(0.97, "hashing output");
+    drop(spool);
+    ctx.progress(0.85, "hashing");
     let bytes_before = std::fs::metadata(&input.path)?.len();
-    let name = format!("{}-{}", input.name, p.scheme);
-    let model = OutputModel::from_file(temp, name, input.spec.clone())?;
+    let model = OutputModel::from_file(temp, format!("{}-{}", input.name, base.label()), input.spec.clone())?;
     let bytes_after = model.size_bytes;
+
+    let accuracy = match &p.eval_dataset_id {
+        Some(ds) => {
+            ctx.progress(0.9, "measuring accuracy of the stored artifact");
+            Some(measure_accuracy(ctx, p, ds, model.file.path())?)
+        }
+        None => None,
+    };
     let report = json!({
         "kind": "quantize",
-        "scheme": p.scheme,
+        "scheme": base.label(),
         "bytes_before": bytes_before,
         "bytes_after": bytes_after,
         "size_ratio": bytes_after as f64 / bytes_before.max(1) as f64,
-        "tensors_cast": per_tensor.iter().filter(|t| t["action"] == "cast").count(),
+        "quantized_parameters": q_elems,
+        "bits_per_weight": if q_elems > 0 { Some(q_bytes as f64 * 8.0 / q_elems as f64) } else { None },
+        "tensors_quantized": per_tensor.iter().filter(|t| t["action"] == "quantized").count(),
         "tensors_kept": per_tensor.iter().filter(|t| t["action"] == "kept").count(),
+        "fallbacks": per_tensor.iter().filter(|t| t["fell_back"] == true).map(|t| t["name"].clone()).collect::<Vec<_>>(),
         "tensors": per_tensor,
+        "accuracy": accuracy,
         "duration_s": started.elapsed().as_secs_f64(),
     });
     Ok(JobOutput { report, model: Some(model) })
 }
 
-/// Offset of `chunk` inside `data` (both slices of the same mapping).
-fn done_in(chunk: &[u8], data: &[u8]) -> usize {
-    chunk.as_ptr() as usize - data.as_ptr() as usize
+/// Runs the float model and the stored artifact on the evaluation split.
+fn measure_accuracy(ctx: &JobContext, p: &QuantizeParams, ds_id: &str, artifact: &std::path::Path) -> Result<Value, JobError> {
+    let input = ctx.input_model()?;
+    let (spec, float_net) = super::engine::load_network(input)?;
+    let qparams = crate::artifact::load_params(artifact, crate::artifact::LoadMode::Native)
+        .map_err(|e| JobError::Internal(format!("re-reading the artifact: {e}")))?;
+    let qnet = crate::nn::Network::new(&spec, qparams)?;
+    let ds = ctx.datasets.get(ds_id).ok_or_else(|| JobError::invalid("params.eval_dataset_id", "dataset not available"))?;
+    let (split, data) = super::engine::load_split(ds, p.eval_split.as_deref(), "test")?;
+    let y = data.y.clone().ok_or_else(|| JobError::invalid("params.eval_split", format!("split '{split}' has no labels")))?;
+    let f = crate::nn::evaluate(&float_net, &data.x, &y, 256)?;
+    let q = crate::nn::evaluate(&qnet, &data.x, &y, 256)?;
+    let agree = crate::nn::compare(&float_net, &qnet, &data.x, 256)?;
+    Ok(json!({
+        "dataset_id": ds_id,
+        "split": split,
+        "samples": q.samples,
+        "float": {"accuracy": f.accuracy, "correct": f.correct, "mean_loss": f.mean_loss},
+        "quantized": {"accuracy": q.accuracy, "correct": q.correct, "mean_loss": q.mean_loss},
+        "accuracy_delta": q.accuracy - f.accuracy,
+        "top1_agreement": agree.top1_agreement,
+        "mean_kl": agree.mean_kl,
+    }))
 }
 
-fn bytemuck_f16(v: &mut [u16]) -> &mut [f16] {
-    // SAFETY: f16 is repr(transparent) over u16.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f16, v.len()) }
-}
+/// `io::Write` over the tensor writer, so the spool can be copied with `io::copy`.
+struct WriterAdapter<'a>(&'a mut TensorWriter);
 
-fn bytemuck_bf16(v: &mut [u16]) -> &mut [bf16] {
-    // SAFETY: bf16 is repr(transparent) over u16.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut bf16, v.len()) }
+impl Write for WriterAdapter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -93,7 +93,7 @@ pub struct Upload {
 impl ArtifactStore {
     /// Creates the directory layout (with owner-only permissions on Unix).
     pub fn open(root: &Path) -> std::io::Result<ArtifactStore> {
-        for d in ["", "models", "datasets", "tmp", "checkpoints"] {
+        for d in ["", "models", "datasets", "tmp", "checkpoints", "derived"] {
             let p = root.join(d);
             std::fs::create_dir_all(&p)?;
             #[cfg(unix)]
@@ -121,6 +121,22 @@ impl ArtifactStore {
 
     pub fn dataset_path(&self, id: &str) -> PathBuf {
         self.path(ArtifactKind::Dataset, id, "safetensors")
+    }
+
+    /// A file derived from a model (another download format), cached next to it.
+    pub fn derived_path(&self, id: &str, format: &str, ext: &str) -> PathBuf {
+        self.root.join("derived").join(format!("{id}.{format}.{ext}"))
+    }
+
+    /// Removes every derived file of a model.
+    pub fn remove_derived(&self, id: &str) {
+        if let Ok(rd) = std::fs::read_dir(self.root.join("derived")) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(id) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
 
     /// Directory for a job's checkpoints.

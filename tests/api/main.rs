@@ -7,4 +7,5 @@ mod helpers;
 mod jobs;
 mod models;
 mod openapi;
+mod quantize;
 mod restart;
