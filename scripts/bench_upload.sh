@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MB=${1:-512}
-BIN=${CARGO_TARGET_DIR:-target}/release/modelpress
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/modelpress}
 WORK=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 

@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 use super::params::QuantizeParams;
 use super::{JobContext, JobError, JobOutput, OutputModel};
 use crate::compress::quant::{
-    quantize_par, ErrorStats, QuantError, QuantizationConfig, QuantizedTensor, Scheme, INT4_GROUP_SIZES, METADATA_KEY,
+    quantize_par, to_bf16, to_f16, ErrorAccumulator, ErrorStats, QuantError, QuantizationConfig, QuantizedTensor,
+    Scheme, TensorRecord, INT4_GROUP_SIZES, METADATA_KEY,
 };
 use crate::tensorfile::{Dtype, TensorEntry, TensorPlan, TensorWriter, Tensorfile};
 
@@ -52,7 +53,12 @@ fn plan_action(p: &QuantizeParams, base: Scheme, t: &TensorEntry) -> Result<Acti
 
 /// Quantizes with the fallbacks the kernels leave to the caller: int4 rows that no group size
 /// divides use the largest group that fits, else int8 per-channel.
-fn quantize_with_fallback(name: &str, vals: &[f32], shape: &[usize], scheme: Scheme) -> Result<QuantizedTensor, QuantError> {
+fn quantize_with_fallback(
+    name: &str,
+    vals: &[f32],
+    shape: &[usize],
+    scheme: Scheme,
+) -> Result<QuantizedTensor, QuantError> {
     match quantize_par(name, vals, shape, scheme) {
         Err(QuantError::GroupNotDivisible { cols, .. }) => {
             let Scheme::Int4 { symmetric, .. } = scheme else { unreachable!("only int4 has groups") };
@@ -68,6 +74,53 @@ fn quantize_with_fallback(name: &str, vals: &[f32], shape: &[usize], scheme: Sch
         }
         other => other,
     }
+}
+
+/// Elements converted per step of a streaming cast.
+const CHUNK: usize = 1 << 20;
+
+/// Casts one tensor to f16/bf16 chunk by chunk, appending the bytes to `out`.
+fn cast_streaming(
+    tf: &Tensorfile,
+    t: &TensorEntry,
+    scheme: Scheme,
+    out: &mut impl Write,
+) -> Result<ErrorStats, JobError> {
+    let data = tf.bytes(t);
+    let es = t.dtype.size();
+    let mut acc = ErrorAccumulator::new();
+    let mut vals: Vec<f32> = Vec::with_capacity(CHUNK);
+    let mut bytes = Vec::with_capacity(CHUNK * 2);
+    for (ci, chunk) in data.chunks(CHUNK * es).enumerate() {
+        vals.clear();
+        match t.dtype {
+            Dtype::F32 => vals.extend(chunk.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            Dtype::F64 => {
+                vals.extend(chunk.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32))
+            }
+            Dtype::F16 => vals.extend(chunk.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
+            _ => vals.extend(chunk.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        }
+        let offset = |e: QuantError| match e {
+            QuantError::NonFinite { tensor, index, what } => {
+                JobError::input(format!("tensor {tensor}: contains {what} at index {}", ci * CHUNK + index))
+            }
+            other => quant_error(other),
+        };
+        bytes.clear();
+        let back: Vec<f32> = if scheme == Scheme::F16 {
+            let h = to_f16(&t.name, &vals).map_err(offset)?;
+            h.iter().for_each(|x| bytes.extend_from_slice(&x.to_le_bytes()));
+            h.iter().map(|x| x.to_f32()).collect()
+        } else {
+            let h = to_bf16(&t.name, &vals).map_err(offset)?;
+            h.iter().for_each(|x| bytes.extend_from_slice(&x.to_le_bytes()));
+            h.iter().map(|x| x.to_f32()).collect()
+        };
+        acc.update(&vals, &back).map_err(quant_error)?;
+        out.write_all(&bytes)?;
+    }
+    Ok(acc.finish())
 }
 
 fn quant_error(e: QuantError) -> JobError {
@@ -102,12 +155,41 @@ pub fn run(ctx: &JobContext, p: &QuantizeParams) -> Result<JobOutput, JobError> 
                 if t.dtype.is_float() {
                     config.record_float(&t.name);
                 }
-                per_tensor.push(json!({"name": t.name, "action": "kept", "dtype": t.dtype, "shape": t.shape, "bytes": t.nbytes()}));
+                per_tensor.push(
+                    json!({"name": t.name, "action": "kept", "dtype": t.dtype, "shape": t.shape, "bytes": t.nbytes()}),
+                );
+            }
+            Action::Quantize(scheme @ (Scheme::F16 | Scheme::Bf16)) => {
+                // Float casts stream in chunks: memory stays flat whatever the tensor size.
+                let dtype = if scheme == Scheme::F16 { Dtype::F16 } else { Dtype::Bf16 };
+                let stats = cast_streaming(&tf, t, scheme, &mut out)?;
+                plans.push(TensorPlan::new(&t.name, dtype, t.shape.clone()));
+                config.tensors.insert(t.name.clone(), TensorRecord { scheme, requested: None, shape: t.shape.clone() });
+                let stored = t.numel() * 2;
+                q_elems += t.numel();
+                q_bytes += stored;
+                per_tensor.push(json!({
+                    "name": t.name,
+                    "action": "quantized",
+                    "scheme_requested": scheme.label(),
+                    "scheme": scheme.label(),
+                    "fell_back": false,
+                    "shape": t.shape,
+                    "dtype_before": t.dtype,
+                    "bytes_before": t.nbytes(),
+                    "bytes_after": stored,
+                    "rel_error": stats.rel_error,
+                    "sqnr_db": stats.sqnr_db,
+                    "max_abs_error": stats.max_abs_error,
+                }));
             }
             Action::Quantize(scheme) => {
                 let vals = tf.to_f32(t)?;
                 let q = quantize_with_fallback(&t.name, &vals, &t.shape, scheme).map_err(quant_error)?;
                 let stats = ErrorStats::compute(&vals, &q.dequantize().map_err(quant_error)?).map_err(quant_error)?;
+                // Peak memory: the f32 values, their dequantized copy and the quantized data
+                // (≈ 2.25× the tensor for int8); release the f32 copies before encoding.
+                drop(vals);
                 let entries = q.to_entries().map_err(quant_error)?;
                 let stored: u64 = entries.iter().map(|e| e.bytes.len() as u64).sum();
                 for e in &entries {
@@ -139,8 +221,13 @@ pub fn run(ctx: &JobContext, p: &QuantizeParams) -> Result<JobOutput, JobError> 
     out.flush()?;
     drop(out);
 
-    let mut meta: BTreeMap<String, String> =
-        tf.header.metadata.iter().filter(|(k, _)| k.as_str() != METADATA_KEY).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut meta: BTreeMap<String, String> = tf
+        .header
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != METADATA_KEY)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     meta.insert(METADATA_KEY.into(), config.to_json());
     meta.insert("modelpress.source_model".into(), input.id.clone());
     meta.insert("modelpress.job_id".into(), ctx.id.clone());
@@ -182,15 +269,24 @@ pub fn run(ctx: &JobContext, p: &QuantizeParams) -> Result<JobOutput, JobError> 
 }
 
 /// Runs the float model and the stored artifact on the evaluation split.
-fn measure_accuracy(ctx: &JobContext, p: &QuantizeParams, ds_id: &str, artifact: &std::path::Path) -> Result<Value, JobError> {
+fn measure_accuracy(
+    ctx: &JobContext,
+    p: &QuantizeParams,
+    ds_id: &str,
+    artifact: &std::path::Path,
+) -> Result<Value, JobError> {
     let input = ctx.input_model()?;
     let (spec, float_net) = super::engine::load_network(input)?;
     let qparams = crate::artifact::load_params(artifact, crate::artifact::LoadMode::Native)
         .map_err(|e| JobError::Internal(format!("re-reading the artifact: {e}")))?;
     let qnet = crate::nn::Network::new(&spec, qparams)?;
-    let ds = ctx.datasets.get(ds_id).ok_or_else(|| JobError::invalid("params.eval_dataset_id", "dataset not available"))?;
+    let ds =
+        ctx.datasets.get(ds_id).ok_or_else(|| JobError::invalid("params.eval_dataset_id", "dataset not available"))?;
     let (split, data) = super::engine::load_split(ds, p.eval_split.as_deref(), "test")?;
-    let y = data.y.clone().ok_or_else(|| JobError::invalid("params.eval_split", format!("split '{split}' has no labels")))?;
+    let y = data
+        .y
+        .clone()
+        .ok_or_else(|| JobError::invalid("params.eval_split", format!("split '{split}' has no labels")))?;
     let f = crate::nn::evaluate(&float_net, &data.x, &y, 256)?;
     let q = crate::nn::evaluate(&qnet, &data.x, &y, 256)?;
     let agree = crate::nn::compare(&float_net, &qnet, &data.x, 256)?;
