@@ -80,7 +80,13 @@ async fn four_bit_report_matches_evaluate_on_the_artifact() {
         assert_eq!(ev["report"]["accuracy"].as_f64().unwrap(), acc, "{scheme}");
         if scheme == "q4_k" {
             // fc1 is 64 wide: q4_k needs 256, so it falls back (q5_0) and the report says so.
-            let fc1 = job["report"]["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "fc1.weight").unwrap().clone();
+            let fc1 = job["report"]["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["name"] == "fc1.weight")
+                .unwrap()
+                .clone();
             assert_eq!(fc1["fell_back"], true, "{fc1}");
             assert_eq!(fc1["scheme"], "q5_0");
             assert!(job["report"]["fallbacks"].as_array().unwrap().contains(&json!("fc1.weight")));
@@ -104,12 +110,28 @@ async fn every_scheme_on_a_specless_file_with_error_bounds() {
             s
         })
         .collect();
-    let bytes = safetensors(&[("w", "F32", vec![64, 256], f32_bytes(&w)), ("b", "F32", vec![64], f32_bytes(&[0.5; 64])), ("n", "I64", vec![1], 3i64.to_le_bytes().to_vec())]);
+    let bytes = safetensors(&[
+        ("w", "F32", vec![64, 256], f32_bytes(&w)),
+        ("b", "F32", vec![64], f32_bytes(&[0.5; 64])),
+        ("n", "I64", vec![1], 3i64.to_le_bytes().to_vec()),
+    ]);
     let m = app.upload_model(bytes, "plain").await;
     let id = m["id"].as_str().unwrap();
     let bounds = [
-        ("f16", 0.001), ("bf16", 0.005), ("int8", 0.01), ("int4", 0.15), ("q8_0", 0.01), ("q4_0", 0.12), ("q4_1", 0.12),
-        ("q5_0", 0.06), ("q5_1", 0.06), ("q2_k", 0.4), ("q3_k", 0.2), ("q4_k", 0.1), ("q5_k", 0.05), ("q6_k", 0.03),
+        ("f16", 0.001),
+        ("bf16", 0.005),
+        ("int8", 0.01),
+        ("int4", 0.15),
+        ("q8_0", 0.01),
+        ("q4_0", 0.12),
+        ("q4_1", 0.12),
+        ("q5_0", 0.06),
+        ("q5_1", 0.06),
+        ("q2_k", 0.4),
+        ("q3_k", 0.2),
+        ("q4_k", 0.1),
+        ("q5_k", 0.05),
+        ("q6_k", 0.03),
     ];
     for (scheme, bound) in bounds {
         let job = quantize(&app, id, json!({"scheme": scheme})).await;
@@ -131,7 +153,10 @@ async fn overrides_fallbacks_and_bad_weights() {
     // A 10 × 784 weight: no block type fits 784 columns, int4 groups do not divide it either.
     let wide: Vec<f32> = (0..10 * 784).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
     let sq: Vec<f32> = (0..64 * 64).map(|i| ((i * 13 % 97) as f32 - 48.0) / 48.0).collect();
-    let bytes = safetensors(&[("wide.weight", "F32", vec![10, 784], f32_bytes(&wide)), ("sq.weight", "F32", vec![64, 64], f32_bytes(&sq))]);
+    let bytes = safetensors(&[
+        ("wide.weight", "F32", vec![10, 784], f32_bytes(&wide)),
+        ("sq.weight", "F32", vec![64, 64], f32_bytes(&sq)),
+    ]);
     let m = app.upload_model(bytes, "mixed").await;
     let id = m["id"].as_str().unwrap();
     let job = quantize(&app, id, json!({"scheme": "q4_k", "overrides": {"sq.*": "int8"}})).await;
@@ -188,8 +213,12 @@ async fn gguf_download_reads_back_with_candle() {
         assert_eq!(v, deq[name], "{name}: GGUF and safetensors-f32 disagree");
     }
     // Derived files are cached: the second download has the same ETag.
-    let e1 = app.client.get(app.url(&format!("/v1/models/{out}/download?format=gguf"))).send().await.unwrap().headers()["etag"].clone();
-    let e2 = app.client.get(app.url(&format!("/v1/models/{out}/download?format=gguf"))).send().await.unwrap().headers()["etag"].clone();
+    let e1 = app.client.get(app.url(&format!("/v1/models/{out}/download?format=gguf"))).send().await.unwrap().headers()
+        ["etag"]
+        .clone();
+    let e2 = app.client.get(app.url(&format!("/v1/models/{out}/download?format=gguf"))).send().await.unwrap().headers()
+        ["etag"]
+        .clone();
     assert_eq!(e1, e2);
     app.stop().await;
 }
