@@ -13,6 +13,7 @@ pub mod params;
 pub mod prune;
 pub mod quantize;
 pub mod runner;
+pub mod sensitivity;
 pub mod training;
 pub mod view;
 pub mod worker;

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 
 /// The kinds of job this build knows.
-pub const KINDS: &[&str] = &["quantize", "evaluate", "train", "prune", "distill"];
+pub const KINDS: &[&str] = &["quantize", "evaluate", "train", "prune", "distill", "sensitivity"];
 
 /// Limits and switches that shape validation.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +25,7 @@ pub enum JobParams {
     Train(TrainParams),
     Prune(super::prune::PruneParams),
     Distill(super::distill::DistillParams),
+    Sensitivity(super::sensitivity::SensitivityParams),
     DebugSleep(SleepParams),
 }
 
@@ -45,6 +46,7 @@ impl JobParams {
             JobParams::Train(_) => "train",
             JobParams::Prune(_) => "prune",
             JobParams::Distill(_) => "distill",
+            JobParams::Sensitivity(_) => "sensitivity",
             JobParams::DebugSleep(_) => "debug_sleep",
         }
     }
@@ -66,6 +68,7 @@ impl JobParams {
             JobParams::Train(p) => Needs { spec: true, data: vec![(p.dataset_id.clone(), p.split.clone(), true)] },
             JobParams::Prune(p) => p.needs(),
             JobParams::Distill(p) => p.needs(),
+            JobParams::Sensitivity(p) => p.needs(),
             JobParams::Quantize(p) => match &p.eval_dataset_id {
                 Some(d) => Needs { spec: true, data: vec![(d.clone(), p.eval_split.clone(), true)] },
                 None => Needs::default(),
@@ -113,6 +116,7 @@ pub fn parse(kind: &str, params: &Value, rules: &ParamRules) -> Result<JobParams
         }
         "prune" => Ok(JobParams::Prune(super::prune::PruneParams::parse(params)?)),
         "distill" => Ok(JobParams::Distill(super::distill::DistillParams::parse(params)?)),
+        "sensitivity" => Ok(JobParams::Sensitivity(super::sensitivity::SensitivityParams::parse(params)?)),
         "debug_sleep" if rules.enable_test_jobs => {
             let p: SleepParams = typed(params)?;
             if p.steps > 100_000 || p.step_ms > 60_000 {

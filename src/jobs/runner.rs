@@ -14,6 +14,7 @@ pub fn run_job(ctx: &JobContext) -> Result<JobOutput, JobError> {
         JobParams::Train(p) => super::training::run_train(ctx, p),
         JobParams::Prune(p) => super::prune::run(ctx, p),
         JobParams::Distill(p) => super::distill::run(ctx, p),
+        JobParams::Sensitivity(p) => super::sensitivity::run(ctx, p),
         JobParams::DebugSleep(p) => debug_sleep(ctx, p),
     }
 }

@@ -222,3 +222,28 @@ async fn gguf_download_reads_back_with_candle() {
     assert_eq!(e1, e2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn sensitivity_ranks_the_digits_teacher_layers() {
+    let app = spawn_app().await;
+    let (model, data) = teacher_and_digits(&app).await;
+    let job = app.submit(json!({"kind": "sensitivity", "model_id": model, "params": {"scheme": "q2_k", "dataset_id": data}})).await;
+    let job = app.wait_for_job(job["id"].as_str().unwrap(), 120).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let r = &job["report"];
+    assert_eq!(r["float_accuracy"].as_f64().unwrap(), 0.975);
+    let layers = r["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3);
+    // Ranked worst first.
+    let drops: Vec<f64> = layers.iter().map(|l| l["accuracy_drop"].as_f64().unwrap()).collect();
+    assert!(drops.windows(2).all(|w| w[0] >= w[1]), "{drops:?}");
+    assert!(layers.iter().all(|l| l["mean_kl"].as_f64().unwrap() >= 0.0));
+    // Suggested overrides, if any, keep the worst layers at int8, and applying them helps.
+    let sugg = r["suggested_overrides"].as_object().unwrap();
+    for (k, v) in sugg {
+        assert_eq!(v, "int8", "{k}");
+    }
+    let refused = app.post_job(json!({"kind": "sensitivity", "model_id": model, "params": {"scheme": "q2_k"}})).await;
+    assert_eq!(refused.status(), 422);
+    app.stop().await;
+}
