@@ -69,10 +69,17 @@ impl JobParams {
             JobParams::Prune(p) => p.needs(),
             JobParams::Distill(p) => p.needs(),
             JobParams::Sensitivity(p) => p.needs(),
-            JobParams::Quantize(p) => match &p.eval_dataset_id {
-                Some(d) => Needs { spec: true, data: vec![(d.clone(), p.eval_split.clone(), true)] },
-                None => Needs::default(),
-            },
+            JobParams::Quantize(p) => {
+                let mut n = Needs::default();
+                if let Some(d) = &p.eval_dataset_id {
+                    n = Needs { spec: true, data: vec![(d.clone(), p.eval_split.clone(), true)] };
+                }
+                if let Some(f) = &p.finetune {
+                    n.spec = true;
+                    n.data.push((f.dataset_id.clone(), f.split.clone(), true));
+                }
+                n
+            }
             JobParams::DebugSleep(_) => Needs::default(),
         }
     }
@@ -165,6 +172,38 @@ pub struct QuantizeParams {
     /// Split for the accuracy check (default `test`).
     #[serde(default)]
     pub eval_split: Option<String>,
+    /// Quantization-aware fine-tuning before the final quantization: trains with the selected
+    /// weights fake-quantized in the forward pass (straight-through estimator).
+    #[serde(default)]
+    pub finetune: Option<FinetuneSettings>,
+}
+
+/// `finetune` block of quantize: a dataset plus training settings (defaults as `train`, but
+/// 3 epochs and lr 1e-4).
+#[derive(Debug, Clone, Serialize)]
+pub struct FinetuneSettings {
+    pub dataset_id: String,
+    pub split: Option<String>,
+    pub settings: TrainSettings,
+}
+
+impl<'de> Deserialize<'de> for FinetuneSettings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        let (head, mut rest) = split_keys(&v, &["dataset_id", "split"]);
+        let dataset_id = head
+            .get("dataset_id")
+            .and_then(|x| x.as_str())
+            .ok_or_else(|| serde::de::Error::custom("finetune.dataset_id is required"))?
+            .to_string();
+        let split = head.get("split").and_then(|x| x.as_str()).map(str::to_string);
+        if let Some(o) = rest.as_object_mut() {
+            o.entry("epochs").or_insert(Value::from(3));
+            o.entry("lr").or_insert(Value::from(1e-4));
+        }
+        let settings: TrainSettings = serde_json::from_value(rest).map_err(serde::de::Error::custom)?;
+        Ok(FinetuneSettings { dataset_id, split, settings })
+    }
 }
 
 fn d_min_elements() -> usize {

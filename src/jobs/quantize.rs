@@ -135,10 +135,22 @@ pub fn run(ctx: &JobContext, p: &QuantizeParams) -> Result<JobOutput, JobError> 
     let started = Instant::now();
     let base = p.scheme().map_err(|e| JobError::invalid("params.scheme", e.detail))?;
     let input = ctx.input_model()?;
-    let tf = Tensorfile::open_trusted(&input.path)?;
-    if crate::artifact::quant_config(&tf.header).is_some() {
+    let original = Tensorfile::open_trusted(&input.path)?;
+    if crate::artifact::quant_config(&original.header).is_some() {
         return Err(JobError::invalid("model_id", "the model is already quantized; quantize its float parent instead"));
     }
+    // Quantization-aware fine-tuning first: the trained float weights are then quantized.
+    let (finetuned, finetune_report) = match &p.finetune {
+        Some(f) => {
+            let (file, report) = finetune(ctx, p, base, &original, f)?;
+            (Some(file), Some(report))
+        }
+        None => (None, None),
+    };
+    let tf = match &finetuned {
+        Some(file) => Tensorfile::open_trusted(file.path())?,
+        None => original,
+    };
     let mut config = QuantizationConfig::new(base);
     let mut plans = Vec::new();
     let spool = ctx.store.temp_file("spool");
@@ -263,6 +275,7 @@ pub fn run(ctx: &JobContext, p: &QuantizeParams) -> Result<JobOutput, JobError> 
         "fallbacks": per_tensor.iter().filter(|t| t["fell_back"] == true).map(|t| t["name"].clone()).collect::<Vec<_>>(),
         "tensors": per_tensor,
         "accuracy": accuracy,
+        "finetune": finetune_report,
         "duration_s": started.elapsed().as_secs_f64(),
     });
     Ok(JobOutput { report, model: Some(model) })
@@ -313,4 +326,88 @@ impl Write for WriterAdapter<'_> {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Fake quantization with a straight-through estimator: the forward pass sees `q(w)`, the
+/// gradient flows to `w` unchanged (`w + (q(w) − w).detach()`).
+struct QatHooks<'a> {
+    inner: super::engine::JobHooks<'a>,
+    schemes: std::collections::HashMap<String, Scheme>,
+}
+
+fn fake_quant(name: &str, w: &candle_core::Tensor, scheme: Scheme) -> Result<candle_core::Tensor, crate::nn::NnError> {
+    let vals: Vec<f32> = w.flatten_all()?.to_vec1()?;
+    let q = quantize_with_fallback(name, &vals, w.dims(), scheme)
+        .and_then(|q| q.dequantize())
+        .map_err(|e| crate::nn::NnError::Train(e.to_string()))?;
+    let wq = candle_core::Tensor::from_vec(q, w.dims(), w.device())?;
+    Ok(w.add(&wq.sub(w)?.detach())?)
+}
+
+impl crate::nn::TrainHooks for QatHooks<'_> {
+    fn transform_weight(&self, name: &str, w: &candle_core::Tensor) -> Result<candle_core::Tensor, crate::nn::NnError> {
+        match self.schemes.get(name) {
+            Some(s) => fake_quant(name, w, *s),
+            None => Ok(w.clone()),
+        }
+    }
+    fn on_epoch(&mut self, s: &crate::nn::EpochStats) {
+        self.inner.on_epoch(s)
+    }
+    fn should_stop(&self) -> bool {
+        self.inner.should_stop()
+    }
+}
+
+/// Trains the model with fake-quantized weights; returns the trained float weights as a temp
+/// file and the before/after accuracy of the fake-quantized model on the fine-tuning data's
+/// test split (or the training split when there is none).
+fn finetune(
+    ctx: &JobContext,
+    p: &QuantizeParams,
+    base: Scheme,
+    tf: &Tensorfile,
+    f: &super::params::FinetuneSettings,
+) -> Result<(crate::storage::TempFile, Value), JobError> {
+    let input = ctx.input_model()?;
+    let spec = super::engine::spec_of(input)?;
+    let ds = ctx.datasets.get(&f.dataset_id).ok_or_else(|| JobError::invalid("params.finetune.dataset_id", "not available"))?;
+    let (split_name, split) = super::engine::load_split(ds, f.split.as_deref(), "train")?;
+    let test = super::engine::load_test_split(ds)?.unwrap_or_else(|| split.clone());
+    let y = test.y.clone().ok_or_else(|| JobError::invalid("params.finetune.dataset_id", "the test split has no labels"))?;
+    let mut schemes = std::collections::HashMap::new();
+    for t in &tf.header.tensors {
+        if let Action::Quantize(s) = plan_action(p, base, t)? {
+            schemes.insert(t.name.clone(), s);
+        }
+    }
+    let float = super::engine::float_tensors(&super::engine::load_params_mode(input, crate::artifact::LoadMode::Dequantized)?);
+    let simulate = |params: &std::collections::HashMap<String, candle_core::Tensor>| -> Result<f64, JobError> {
+        let mut q = params.clone();
+        for (n, s) in &schemes {
+            if let Some(w) = params.get(n) {
+                q.insert(n.clone(), fake_quant(n, w, *s)?);
+            }
+        }
+        let net = crate::nn::Network::from_tensors(&spec, &q)?;
+        Ok(crate::nn::evaluate(&net, &test.x, &y, 256)?.accuracy)
+    };
+    let before = simulate(&float)?;
+    let cfg = f.settings.to_config();
+    let mut hooks = QatHooks { inner: super::engine::JobHooks::new(ctx, cfg.epochs, (0.0, 0.7), "fine-tuning"), schemes: schemes.clone() };
+    let out = crate::nn::train(&spec, &split, &cfg, crate::nn::Init::Params(float), &mut hooks)?;
+    if out.cancelled {
+        return Err(super::engine::stop_reason(ctx));
+    }
+    let after = simulate(&out.params)?;
+    let file = super::engine::write_tensors(ctx, &out.params, tf.header.metadata.clone())?;
+    let report = json!({
+        "dataset_id": f.dataset_id,
+        "split": split_name,
+        "epochs": cfg.epochs,
+        "accuracy_before": before,
+        "accuracy_after": after,
+        "curve": hooks.inner.curve,
+    });
+    Ok((file, report))
 }

@@ -48,6 +48,7 @@ impl SensitivityParams {
             min_elements: 0,
             eval_dataset_id: None,
             eval_split: None,
+            finetune: None,
         }
     }
 
