@@ -496,14 +496,28 @@ pub async fn download_model(
 ) -> ApiResult<Response> {
     let row = load_model(&st, &id).await?;
     let format = q.format.as_deref().unwrap_or("native");
-    let (ext, derive): (&str, fn(&std::path::Path, &std::path::Path, &ModelRow) -> Result<(), crate::artifact::ArtifactError>) = match format {
+    let (ext, derive): (
+        &str,
+        fn(&std::path::Path, &std::path::Path, &ModelRow) -> Result<(), crate::artifact::ArtifactError>,
+    ) = match format {
         "native" => {
-            return serve_file(&st.store.model_path(&row.id), &row.sha256, &safe_filename(&row.name, "safetensors"), &headers).await
+            return serve_file(
+                &st.store.model_path(&row.id),
+                &row.sha256,
+                &safe_filename(&row.name, "safetensors"),
+                &headers,
+            )
+            .await
         }
         "safetensors-f32" => ("safetensors", |src, dst, _| crate::artifact::write_dequantized(src, dst)),
-        "gguf" => ("gguf", |src, dst, row| crate::artifact::write_gguf(src, dst, &row.name, &format!("modelpress:{}:{}", row.id, row.sha256))),
+        "gguf" => ("gguf", |src, dst, row| {
+            crate::artifact::write_gguf(src, dst, &row.name, &format!("modelpress:{}:{}", row.id, row.sha256))
+        }),
         other => {
-            return Err(ApiError::validation("format", format!("unknown format '{other}'; available: native, safetensors-f32, gguf")))
+            return Err(ApiError::validation(
+                "format",
+                format!("unknown format '{other}'; available: native, safetensors-f32, gguf"),
+            ))
         }
     };
     let path = st.store.derived_path(&row.id, format, ext);
@@ -511,9 +525,11 @@ pub async fn download_model(
     if !sha_path.exists() {
         // Derived once, under a temp name, then renamed: concurrent requests at worst derive
         // twice, never serve a partial file.
-        let (src, tmp, dst, sha_dst, row2) = (st.store.model_path(&row.id), st.store.temp_file(ext), path.clone(), sha_path.clone(), row.clone());
+        let (src, tmp, dst, sha_dst, row2) =
+            (st.store.model_path(&row.id), st.store.temp_file(ext), path.clone(), sha_path.clone(), row.clone());
         tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-            derive(&src, tmp.path(), &row2).map_err(|e| ApiError::new(ErrorCode::Validation, format!("cannot convert to this format: {e}")))?;
+            derive(&src, tmp.path(), &row2)
+                .map_err(|e| ApiError::new(ErrorCode::Validation, format!("cannot convert to this format: {e}")))?;
             let sha = crate::storage::ArtifactStore::sha256_file(tmp.path())?;
             tmp.persist(&dst)?;
             std::fs::write(&sha_dst, sha)?;

@@ -371,17 +371,24 @@ fn finetune(
 ) -> Result<(crate::storage::TempFile, Value), JobError> {
     let input = ctx.input_model()?;
     let spec = super::engine::spec_of(input)?;
-    let ds = ctx.datasets.get(&f.dataset_id).ok_or_else(|| JobError::invalid("params.finetune.dataset_id", "not available"))?;
+    let ds = ctx
+        .datasets
+        .get(&f.dataset_id)
+        .ok_or_else(|| JobError::invalid("params.finetune.dataset_id", "not available"))?;
     let (split_name, split) = super::engine::load_split(ds, f.split.as_deref(), "train")?;
     let test = super::engine::load_test_split(ds)?.unwrap_or_else(|| split.clone());
-    let y = test.y.clone().ok_or_else(|| JobError::invalid("params.finetune.dataset_id", "the test split has no labels"))?;
+    let y = test
+        .y
+        .clone()
+        .ok_or_else(|| JobError::invalid("params.finetune.dataset_id", "the test split has no labels"))?;
     let mut schemes = std::collections::HashMap::new();
     for t in &tf.header.tensors {
         if let Action::Quantize(s) = plan_action(p, base, t)? {
             schemes.insert(t.name.clone(), s);
         }
     }
-    let float = super::engine::float_tensors(&super::engine::load_params_mode(input, crate::artifact::LoadMode::Dequantized)?);
+    let float =
+        super::engine::float_tensors(&super::engine::load_params_mode(input, crate::artifact::LoadMode::Dequantized)?);
     let simulate = |params: &std::collections::HashMap<String, candle_core::Tensor>| -> Result<f64, JobError> {
         let mut q = params.clone();
         for (n, s) in &schemes {
@@ -394,7 +401,10 @@ fn finetune(
     };
     let before = simulate(&float)?;
     let cfg = f.settings.to_config();
-    let mut hooks = QatHooks { inner: super::engine::JobHooks::new(ctx, cfg.epochs, (0.0, 0.7), "fine-tuning"), schemes: schemes.clone() };
+    let mut hooks = QatHooks {
+        inner: super::engine::JobHooks::new(ctx, cfg.epochs, (0.0, 0.7), "fine-tuning"),
+        schemes: schemes.clone(),
+    };
     let out = crate::nn::train(&spec, &split, &cfg, crate::nn::Init::Params(float), &mut hooks)?;
     if out.cancelled {
         return Err(super::engine::stop_reason(ctx));

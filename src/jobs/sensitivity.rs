@@ -85,7 +85,8 @@ pub fn run(ctx: &JobContext, p: &SensitivityParams) -> Result<JobOutput, JobErro
     let (_, float_net) = load_network(model)?;
     let ds = ctx.datasets.get(&p.dataset_id).ok_or_else(|| JobError::invalid("params.dataset_id", "not available"))?;
     let (split, data) = load_split(ds, p.split.as_deref(), "test")?;
-    let y = data.y.clone().ok_or_else(|| JobError::invalid("params.split", format!("split '{split}' has no labels")))?;
+    let y =
+        data.y.clone().ok_or_else(|| JobError::invalid("params.split", format!("split '{split}' has no labels")))?;
     let base = evaluate(&float_net, &data.x, &y, 256)?;
     let params = load_params(model)?;
     // Layers worth quantizing: the spec's weight matrices (2-D / 4-D).
@@ -104,7 +105,9 @@ pub fn run(ctx: &JobContext, p: &SensitivityParams) -> Result<JobOutput, JobErro
         let used = q.scheme();
         // Run the layer as it would be stored and served.
         let param = match q.data {
-            QuantData::Ggml { .. } => Param::Quantized(std::sync::Arc::new(q.to_qtensor().map_err(|e| JobError::input(e.to_string()))?)),
+            QuantData::Ggml { .. } => {
+                Param::Quantized(std::sync::Arc::new(q.to_qtensor().map_err(|e| JobError::input(e.to_string()))?))
+            }
             _ => Param::Float(candle_core::Tensor::from_vec(
                 q.dequantize().map_err(|e| JobError::input(e.to_string()))?,
                 shape.clone(),
@@ -127,15 +130,19 @@ pub fn run(ctx: &JobContext, p: &SensitivityParams) -> Result<JobOutput, JobErro
         ctx.progress((i + 1) as f64 / layers.len().max(1) as f64 * 0.95, &format!("layer {}/{}", i + 1, layers.len()));
     }
     rows.sort_by(|a, b| {
-        let k = |r: &serde_json::Value| (r["accuracy_drop"].as_f64().unwrap_or(0.0), r["mean_kl"].as_f64().unwrap_or(0.0));
+        let k =
+            |r: &serde_json::Value| (r["accuracy_drop"].as_f64().unwrap_or(0.0), r["mean_kl"].as_f64().unwrap_or(0.0));
         k(b).partial_cmp(&k(a)).unwrap_or(std::cmp::Ordering::Equal)
     });
     let limit = p.suggest.unwrap_or_else(|| {
         let costly = rows.iter().filter(|r| r["accuracy_drop"].as_f64().unwrap_or(0.0) > 0.005).count();
         costly.min(rows.len().div_ceil(4))
     });
-    let overrides: serde_json::Map<String, serde_json::Value> =
-        rows.iter().take(limit).map(|r| (r["tensor"].as_str().unwrap_or_default().to_string(), json!(safer(scheme)))).collect();
+    let overrides: serde_json::Map<String, serde_json::Value> = rows
+        .iter()
+        .take(limit)
+        .map(|r| (r["tensor"].as_str().unwrap_or_default().to_string(), json!(safer(scheme))))
+        .collect();
     let report = json!({
         "kind": "sensitivity",
         "scheme": scheme.label(),

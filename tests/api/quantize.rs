@@ -227,7 +227,9 @@ async fn gguf_download_reads_back_with_candle() {
 async fn sensitivity_ranks_the_digits_teacher_layers() {
     let app = spawn_app().await;
     let (model, data) = teacher_and_digits(&app).await;
-    let job = app.submit(json!({"kind": "sensitivity", "model_id": model, "params": {"scheme": "q2_k", "dataset_id": data}})).await;
+    let job = app
+        .submit(json!({"kind": "sensitivity", "model_id": model, "params": {"scheme": "q2_k", "dataset_id": data}}))
+        .await;
     let job = app.wait_for_job(job["id"].as_str().unwrap(), 120).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let r = &job["report"];
@@ -261,7 +263,10 @@ async fn finetuning_after_quantization_runs_and_matches_the_artifact() {
     assert_eq!(job["status"], "succeeded", "{job}");
     let f = &job["report"]["finetune"];
     let (before, after) = (f["accuracy_before"].as_f64().unwrap(), f["accuracy_after"].as_f64().unwrap());
-    eprintln!("q2_k QAT: before {before}, after {after}, stored {}", job["report"]["accuracy"]["quantized"]["accuracy"]);
+    eprintln!(
+        "q2_k QAT: before {before}, after {after}, stored {}",
+        job["report"]["accuracy"]["quantized"]["accuracy"]
+    );
     // On the digits teacher q2_k post-training quantization already keeps ≈ 98 %, so there is
     // little to recover; the bound guards against fine-tuning breaking the model.
     assert!(after >= before - 0.02, "fine-tuning hurt: {before} -> {after}");
