@@ -476,6 +476,9 @@ pub(super) async fn serve_file(
     Ok(resp)
 }
 
+/// Writes a derived download format of a stored model file.
+type DeriveFn = fn(&std::path::Path, &std::path::Path, &ModelRow) -> Result<(), crate::artifact::ArtifactError>;
+
 /// Download a model's file (streamed; `Range`, `ETag`/`If-None-Match` supported).
 #[utoipa::path(get, path = "/v1/models/{id}/download", tag = "models",
     params(("id" = String, Path, description = "Model id"), DownloadQuery),
@@ -496,10 +499,7 @@ pub async fn download_model(
 ) -> ApiResult<Response> {
     let row = load_model(&st, &id).await?;
     let format = q.format.as_deref().unwrap_or("native");
-    let (ext, derive): (
-        &str,
-        fn(&std::path::Path, &std::path::Path, &ModelRow) -> Result<(), crate::artifact::ArtifactError>,
-    ) = match format {
+    let (ext, derive): (&str, DeriveFn) = match format {
         "native" => {
             return serve_file(
                 &st.store.model_path(&row.id),
