@@ -91,6 +91,32 @@ pub struct Config {
     #[arg(long, env = "MODELPRESS_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Dedicated inference threads (each computes on one core; separate from the job workers).
+    #[arg(long, env = "MODELPRESS_INFERENCE_THREADS", default_value_t = 1)]
+    pub inference_threads: usize,
+
+    /// Memory budget of the inference model cache in bytes (estimated resident weights); the
+    /// least recently used models are unloaded beyond it.
+    #[arg(long, env = "MODELPRESS_INFERENCE_CACHE_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub inference_cache_bytes: u64,
+
+    /// Most rows dynamic batching merges into one forward pass.
+    #[arg(long, env = "MODELPRESS_MAX_BATCH", default_value_t = 64)]
+    pub max_batch: usize,
+
+    /// Longest (µs) a prediction waits for concurrent requests to join its batch; only models
+    /// with concurrent traffic wait.
+    #[arg(long, env = "MODELPRESS_MAX_WAIT_US", default_value_t = 500)]
+    pub max_wait_us: u64,
+
+    /// Most prediction requests waiting for an inference thread; beyond it 429 with `Retry-After`.
+    #[arg(long, env = "MODELPRESS_MAX_INFERENCE_QUEUE", default_value_t = 256)]
+    pub max_inference_queue: usize,
+
+    /// Most rows (samples) in one prediction request; larger batches get 413.
+    #[arg(long, env = "MODELPRESS_MAX_PREDICT_ROWS", default_value_t = 1024)]
+    pub max_predict_rows: usize,
+
     /// Enable the `debug_sleep` job kind (test suites only: a slow job with check points).
     #[arg(long, env = "MODELPRESS_ENABLE_TEST_JOBS", default_value_t = false, hide = true)]
     pub enable_test_jobs: bool,

@@ -20,6 +20,7 @@ pub mod datasets;
 pub mod db;
 pub mod error;
 pub mod glob;
+pub mod inference;
 pub mod jobs;
 pub mod nn;
 pub mod startup;

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::db;
+use crate::inference::{InferenceConfig, InferenceHandle};
 use crate::jobs::{JobError, JobsHandle};
 use crate::storage::{ArtifactKind, ArtifactStore};
 use crate::telemetry::Metrics;
@@ -63,9 +64,11 @@ impl Application {
 
         let metrics = Arc::new(Metrics::default());
         let jobs = JobsHandle::start(db.clone(), store.clone(), &config, metrics.clone())?;
+        let inference = InferenceHandle::start(InferenceConfig::from_config(&config), metrics.clone())
+            .context("starting the inference threads")?;
         let listener = TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
         let addr = listener.local_addr()?;
-        let state = AppState { db, store, config: Arc::new(config), jobs, metrics };
+        let state = AppState { db, store, config: Arc::new(config), jobs, metrics, inference };
         let (stop_tx, _) = watch::channel(false);
         Ok(Application { listener, addr, state, stop_tx })
     }
@@ -85,6 +88,7 @@ impl Application {
         tracing::info!("modelpress listening on http://{addr}");
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
         let jobs: JobsHandle = state.jobs.clone();
+        let inference = state.inference.clone();
         let mut stop_rx = stop_tx.subscribe();
         let app = api::router(state);
         let jobs_for_signal = jobs.clone();
@@ -97,7 +101,12 @@ impl Application {
             // Ends SSE streams so the server can drain.
             jobs_for_signal.shutdown(grace).await;
         };
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server")?;
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server");
+        // No request is left to answer: stop the inference threads (a running batch finishes).
+        if let Err(e) = tokio::task::spawn_blocking(move || inference.shutdown()).await {
+            tracing::error!(error = %e, "stopping the inference threads failed");
+        }
+        served?;
         tracing::info!("stopped");
         Ok(())
     }

@@ -83,6 +83,14 @@ async fn precheck(st: &AppState, params: &JobParams, model_id: Option<&str>) -> 
     } else {
         None
     };
+    if let (JobParams::Distill(d), Some(teacher)) = (params, &spec) {
+        // Teacher and student must fit each other: refused here, before anything is queued.
+        let stored = match d.student_model_id() {
+            Some(id) => db::get_model(&st.db, id).await?.and_then(|m| m.spec),
+            None => None,
+        };
+        d.check_models(teacher, stored.as_deref())?;
+    }
     for (id, split, labels) in &needs.data {
         let field = "params.dataset_id";
         let row = match uuid::Uuid::parse_str(id) {

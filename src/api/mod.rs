@@ -8,6 +8,7 @@ pub mod extract;
 pub mod health;
 pub mod jobs;
 pub mod models;
+pub mod predict;
 pub mod specs;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub jobs: JobsHandle,
     pub metrics: Arc<Metrics>,
+    pub inference: crate::inference::InferenceHandle,
 }
 
 impl AppState {
@@ -65,8 +67,12 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(models::create_model, models::list_models))
         .routes(routes!(datasets::create_dataset, datasets::list_datasets))
         .layer(DefaultBodyLimit::disable());
+    // Predictions read their body with a limit sized by the model (--max-predict-rows).
+    let predictions = OpenApiRouter::new().routes(routes!(predict::predict)).layer(DefaultBodyLimit::disable());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(uploads)
+        .merge(predictions)
+        .routes(routes!(predict::predict_info))
         .routes(routes!(models::get_model, models::delete_model))
         .routes(routes!(models::download_model))
         .routes(routes!(specs::put_spec))

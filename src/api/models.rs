@@ -355,6 +355,7 @@ pub async fn delete_model(State(st): State<AppState>, ApiPath(id): ApiPath<Strin
     check_id("model", &id)?;
     match db::delete_model(&st.db, &id).await? {
         DeleteOutcome::Deleted => {
+            st.inference.evict(&id);
             let path = st.store.model_path(&id);
             if let Err(e) = tokio::fs::remove_file(&path).await {
                 tracing::warn!(model_id = %id, error = %e, "model file already gone");

@@ -18,10 +18,12 @@
 
 pub mod data;
 mod dense;
+pub mod distill;
 pub mod eval;
 pub mod model;
 mod ops;
 pub mod spec;
+pub mod structured;
 pub mod train;
 
 pub use data::{Dataset, Split};
