@@ -251,68 +251,23 @@ test('the jobs list shows the job with its status and progress', async () => {
   await shot('07-jobs');
 });
 
-test('the playground predicts, or says predict is not available', async () => {
-  const spec = await apiJson('/openapi.json');
-  const hasPredict = Boolean(spec.paths?.['/v1/models/{id}/predict']);
+test('the playground predicts with the real endpoint', async () => {
+  assert.ok(state.withSpec, 'the teacher was uploaded with its spec');
   await go(`/playground/${state.teacher}`);
-  if (!state.withSpec) {
-    await waitText(page.locator('main'), /no architecture spec|not available in this build/);
-  } else if (hasPredict) {
-    await byTest('draw-canvas').waitFor();
-    await byTest('example-3').click();
-    await waitText(byTest('prediction'), /^3$/, 20000);
-    assert.ok(await page.locator('[data-testid="chart-probabilities"] rect.bar').count() === 10);
-    assert.match(await byTest('latency').textContent(), /ms/);
-    // Draw a stroke by hand too: any prediction will do.
-    const box = await byTest('draw-canvas').boundingBox();
-    await page.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.15);
-    await page.mouse.down();
-    await page.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.85, { steps: 12 });
-    await page.mouse.up();
-    await waitText(byTest('prediction'), /^\d$/);
-  } else {
-    await waitText(byTest('predict-unavailable'), /predict endpoint not available in this build/);
-    assert.equal(await byTest('predict').isDisabled(), true);
-  }
-  await shot('08-playground');
-});
-
-test('the playground sends the drawn input and shows the prediction (mocked predict)', async (t) => {
-  const spec = await apiJson('/openapi.json');
-  if (spec.paths?.['/v1/models/{id}/predict'] || !state.withSpec) { t.skip('the real predict endpoint is tested above'); return; }
-  // This build has no predict endpoint: pretend it has one to check the request and the rendering.
-  spec.paths['/v1/models/{id}/predict'] = { post: {} };
-  let sent = null;
-  await page.route('**/openapi.json', (r) => r.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(spec) }));
-  await page.route('**/v1/models/*/predict', (r) => {
-    sent = JSON.parse(r.request().postData());
-    const probs = [0.01, 0.02, 0.01, 0.86, 0.01, 0.03, 0.01, 0.02, 0.02, 0.01];
-    return r.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify({ outputs: [probs], model_id: state.teacher }) });
-  });
-  await go(`/playground/${state.teacher}`);
-  await byTest('example-3').click();
-  await waitText(byTest('prediction'), /^3$/);
-  assert.equal(sent.output, 'probabilities');
-  assert.equal(sent.inputs.length, 1);
-  assert.equal(sent.inputs[0].length, 64);
-  assert.ok(sent.inputs[0].every((v) => v >= 0 && v <= 1), 'digits inputs are scaled to 0..1');
-  assert.equal(await page.locator('[data-testid="chart-probabilities"] rect.bar').count(), 10);
-  assert.equal(await page.locator('[data-testid="chart-probabilities"] rect.bar.top').count(), 1);
-  // A hand-drawn stroke goes through the same path.
   await byTest('draw-canvas').waitFor();
+  assert.equal(await byTest('predict-unavailable').count(), 0);
+  await byTest('example-3').click();
+  await waitText(byTest('prediction'), /^3$/, 20000);
+  assert.ok(await page.locator('[data-testid="chart-probabilities"] rect.bar').count() === 10);
+  assert.match(await byTest('latency').textContent(), /ms/);
+  // Draw a stroke by hand too: any digit will do.
   const box = await byTest('draw-canvas').boundingBox();
-  sent = null;
   await page.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.15);
   await page.mouse.down();
   await page.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.85, { steps: 12 });
   await page.mouse.up();
-  await page.waitForFunction(() => document.querySelector('[data-testid="prediction"]'));
-  for (let i = 0; i < 50 && !sent; i++) await page.waitForTimeout(100);
-  assert.ok(sent, 'a stroke triggers a prediction');
-  assert.ok(Math.max(...sent.inputs[0]) > 0.5, 'the stroke shows up in the input');
-  await shot('08b-playground-mocked-predict');
-  await page.unroute('**/openapi.json');
-  await page.unroute('**/v1/models/*/predict');
+  await waitText(byTest('prediction'), /^\d$/);
+  await shot('08-playground');
 });
 
 test('renders training curves, evaluation charts and live events (mocked job)', async () => {
@@ -377,6 +332,74 @@ test('asks for an API key on 401, keeps it for the tab and sends it as Bearer', 
   await byTest('forget-key').click();
   await page.unroute('**/v1/**', guard);
   await page.unroute('**/openapi.json', guard);
+});
+
+test('starts a 90 % prune job from the form and shows per-layer sparsity and accuracy', async () => {
+  await go(`/models/${state.teacher}`);
+  await byTest('kind-prune').click();
+  await byTest('job-form-prune').waitFor();
+  assert.equal(await byTest('param-$method').inputValue(), 'magnitude');
+  assert.ok(await byTest('param-pattern').isHidden(), 'N:M fields hide for magnitude pruning');
+  await byTest('param-sparsity').fill('0.9');
+  await byTest('param-format').selectOption('sparse');
+  await byTest('param-eval_dataset_id').selectOption(state.dataset);
+  await byTest('job-submit').click();
+  await page.waitForURL(/#\/jobs\/[^/]+$/);
+  const id = decodeURIComponent(page.url().split('#/jobs/')[1]);
+  await waitText(byTest('job-status'), /succeeded/, 60000);
+  const job = await apiJson(`/v1/jobs/${id}`);
+  assert.equal(job.kind, 'prune');
+  assert.deepEqual(Object.keys(job.params).sort(), ['eval_dataset_id', 'format', 'scope', 'sparsity']);
+  assert.ok(Math.abs(job.report.global_sparsity - 0.9) < 1e-4, `sparsity ${job.report.global_sparsity}`);
+  // Per-layer sparsity bars (three weight matrices), size and accuracy before/after.
+  assert.equal(await page.locator('[data-testid="chart-tensors"] rect.bar').count(), 3);
+  assert.equal(await page.locator('[data-testid="chart-size"] rect.bar').count(), 2);
+  assert.equal(await page.locator('[data-testid="chart-accuracy"] rect.bar').count(), 2);
+  assert.match(await byTest('report').textContent(), /90\.0 %/);
+  state.pruned = job.output_model_id;
+  await shot('11-prune-report');
+});
+
+test('a pattern prune with a bad combination shows the API error inline', async () => {
+  await go(`/models/${state.teacher}`);
+  await byTest('kind-prune').click();
+  await byTest('param-$method').selectOption('structured');
+  assert.ok(await byTest('param-sparsity').isHidden());
+  await byTest('param-structured.amount').fill('1.5');
+  await byTest('job-submit').click();
+  await waitText(page.locator('[data-field="structured.amount"] .field-error'), /amount/);
+});
+
+test('distills a template student from the form and shows its curve', async () => {
+  await go(`/models/${state.teacher}`);
+  await byTest('kind-distill').click();
+  await byTest('job-form-distill').waitFor();
+  await byTest('param-dataset_id').selectOption(state.dataset);
+  assert.equal(await byTest('param-student-mode').inputValue(), 'from_teacher');
+  await byTest('param-student-width').fill('0.25');
+  await byTest('param-epochs').fill('4');
+  await byTest('param-lr').fill('0.003');
+  await byTest('job-submit').click();
+  await page.waitForURL(/#\/jobs\/[^/]+$/);
+  const id = decodeURIComponent(page.url().split('#/jobs/')[1]);
+  await waitText(byTest('job-status'), /succeeded/, 90000);
+  const job = await apiJson(`/v1/jobs/${id}`);
+  assert.deepEqual(job.params.student, { from_teacher: { width: 0.25 } });
+  assert.equal(job.report.curve.length, 4);
+  assert.ok(job.report.student.accuracy > 0.8, `student accuracy ${job.report.student.accuracy}`);
+  await page.locator('[data-testid="chart-loss"] path.series').first().waitFor();
+  assert.equal(await page.locator('[data-testid="chart-size"] rect.bar').count(), 2);
+  state.student = job.output_model_id;
+  await shot('12-distill-report');
+});
+
+test('the family chart plots the real size and accuracy of the derived models', async () => {
+  await go(`/models/${state.teacher}`);
+  await byTest('chart-family').waitFor();
+  // The teacher, the pruned model and the student carry measured accuracies (f16 has none).
+  assert.equal(await page.locator('[data-testid="chart-family"] circle').count(), 3);
+  await byTest('chart-family').scrollIntoViewIfNeeded();
+  await page.screenshot({ path: path.join(ART, '13-family-scatter.png') });
 });
 
 test('no uncaught errors in the page', () => {

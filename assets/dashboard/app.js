@@ -640,12 +640,17 @@ function pick(obj, ...paths) {
 }
 
 /** Accuracy of a model as its making job measured it (null when none). */
-const reportAccuracy = (r) => pick(r || {}, 'accuracy_after', 'eval.after.accuracy', 'after.accuracy', 'test.accuracy', 'student.accuracy', 'accuracy');
+const reportAccuracy = (r) => pick(r || {}, 'accuracy_after', 'accuracy_after_finetune', 'accuracy_after_pruning', 'eval.after.accuracy', 'after.accuracy', 'test.accuracy', 'student.accuracy', 'accuracy');
 const reportAccuracyBefore = (r) => pick(r || {}, 'accuracy_before', 'eval.before.accuracy', 'before.accuracy', 'baseline_accuracy', 'teacher.accuracy');
 
+// File sizes before/after under the names each job kind reports them (quantize: bytes_*,
+// prune: bytes_input/bytes_output, distill: teacher/student file_bytes).
+const reportBytesBefore = (r) => pick(r || {}, 'bytes_before', 'size_before', 'bytes_input', 'teacher.file_bytes');
+const reportBytesAfter = (r) => pick(r || {}, 'bytes_after', 'size_after', 'bytes_output', 'student.file_bytes');
+
 function sizeCharts(r) {
-  const before = pick(r, 'bytes_before', 'size_before');
-  const after = pick(r, 'bytes_after', 'size_after');
+  const before = reportBytesBefore(r);
+  const after = reportBytesAfter(r);
   const out = [];
   if (before !== null && after !== null) {
     out.push(chartBox('Size before → after', barChart({
@@ -731,10 +736,12 @@ function renderReport(report, { kind } = {}) {
   const addTile = (key, val) => { if (val !== null && val !== undefined && val !== '—') add(tiles, tile(key, val)); };
 
   addTile('scheme', r.scheme);
-  if (pick(r, 'bytes_before') !== null) addTile('size before', fmt.bytes(r.bytes_before));
-  if (pick(r, 'bytes_after') !== null) addTile('size after', fmt.bytes(r.bytes_after));
-  if (pick(r, 'size_ratio') !== null) addTile('size ratio', fmt.pct(r.size_ratio));
-  if (pick(r, 'sparsity') !== null) addTile('sparsity', fmt.pct(r.sparsity));
+  const bytesB = reportBytesBefore(r); const bytesA = reportBytesAfter(r);
+  if (bytesB !== null) addTile('size before', fmt.bytes(bytesB));
+  if (bytesA !== null) addTile('size after', fmt.bytes(bytesA));
+  if (bytesB && bytesA !== null) addTile('size ratio', fmt.pct(bytesA / bytesB));
+  const sparsity = pick(r, 'sparsity', 'global_sparsity');
+  if (sparsity !== null) addTile('sparsity', fmt.pct(sparsity));
   const accB = reportAccuracyBefore(r); const acc = reportAccuracy(r);
   if (accB !== null) addTile('accuracy before', fmt.pct(accB, 2));
   if (acc !== null) addTile(accB !== null ? 'accuracy after' : 'accuracy', fmt.pct(acc, 2));
@@ -856,14 +863,17 @@ const JOB_KINDS = {
     title: 'Prune',
     summary: 'Zero out the smallest weights, optionally fine-tune with the mask kept.',
     fields: [
-      { key: 'sparsity', label: 'Sparsity', type: 'number', default: 0.5, min: 0, max: 0.99, step: 'any', help: 'Fraction of weights set to zero (default 0.5).' },
-      { key: 'scope', label: 'Scope', type: 'select', default: 'global', options: [['global', 'global: one threshold for all layers'], ['per_layer', 'per_layer: same sparsity in each layer']], help: 'Where the magnitude threshold is chosen.' },
-      { key: 'pattern', label: 'Pattern', type: 'select', optional: true, default: '', options: [['', 'unstructured'], ['2:4', '2:4 (two of every four)']], help: 'Semi-structured N:M pattern; empty = unstructured.' },
-      { key: 'structured', label: 'Structured (remove whole neurons/channels)', type: 'bool', default: false, help: 'Removes rows/channels instead of single weights.' },
-      { key: 'finetune.dataset_id', label: 'Fine-tune on dataset', type: 'dataset', optional: true, help: 'Optional: fine-tune after pruning with the mask kept.' },
-      { key: 'finetune.epochs', label: 'Fine-tune epochs', type: 'int', default: 3, min: 1, requires: 'finetune.dataset_id', help: 'Used only with a fine-tune dataset (default 3).' },
-      { key: 'finetune.lr', label: 'Fine-tune learning rate', type: 'number', default: 0.0005, step: 'any', requires: 'finetune.dataset_id', help: 'Used only with a fine-tune dataset (default 0.0005).' },
-      { key: 'format', label: 'Storage format', type: 'select', default: 'dense', options: [['dense', 'dense: zeros stored'], ['sparse', 'sparse: only non-zeros stored']], help: 'How the pruned weights are stored (default dense).' },
+      { key: '$method', label: 'Method', type: 'select', default: 'magnitude', options: [['magnitude', 'magnitude: zero the smallest weights'], ['pattern', 'N:M: keep N of every M weights'], ['structured', 'structured: remove whole neurons / filters (needs a spec)']], help: 'What is removed. Structured pruning rewrites the model smaller.' },
+      { key: 'sparsity', label: 'Sparsity', type: 'number', default: 0.9, min: 0, max: 0.999, step: 'any', when: ['$method', 'magnitude'], help: 'Fraction of the selected weights set to zero, in [0, 1) (default 0.9).' },
+      { key: 'scope', label: 'Scope', type: 'select', default: 'global', when: ['$method', 'magnitude'], options: [['global', 'global: one threshold for all layers'], ['per_layer', 'per_layer: same sparsity in each layer']], help: 'Where the magnitude threshold is chosen (default global).' },
+      { key: 'pattern', label: 'Pattern', type: 'select', default: '2:4', when: ['$method', 'pattern'], options: [['2:4', '2:4 (two of every four)'], ['1:4', '1:4'], ['4:8', '4:8']], help: 'N of every M consecutive weights along the input dimension are kept.' },
+      { key: 'structured.amount', label: 'Fraction of units removed', type: 'number', default: 0.5, min: 0, max: 0.99, step: 'any', when: ['$method', 'structured'], help: 'Share of the output neurons / filters removed from each prunable layer (default 0.5).' },
+      { key: 'structured.norm', label: 'Unit ranking', type: 'select', default: 'l1', when: ['$method', 'structured'], options: [['l1', 'l1 norm of the weights'], ['l2', 'l2 norm of the weights'], ['activation', 'mean |activation| on data (needs a dataset)']], help: 'How units are ranked before the smallest are removed.' },
+      { key: 'finetune.dataset_id', label: 'Fine-tune on dataset', type: 'dataset', optional: true, help: 'Optional: fine-tune after pruning with the mask kept (needs a spec).' },
+      { key: 'finetune.epochs', label: 'Fine-tune epochs', type: 'int', default: 5, min: 1, requires: 'finetune.dataset_id', help: 'Used only with a fine-tune dataset (default 5).' },
+      { key: 'finetune.lr', label: 'Fine-tune learning rate', type: 'number', default: 0.003, step: 'any', requires: 'finetune.dataset_id', help: 'Used only with a fine-tune dataset (default 0.003).' },
+      { key: 'eval_dataset_id', label: 'Evaluate on dataset', type: 'dataset', optional: true, help: 'Accuracy before and after pruning (default: the fine-tuning dataset).' },
+      { key: 'format', label: 'Storage format', type: 'select', default: 'dense', when: ['$method', ['magnitude', 'pattern']], options: [['dense', 'dense: zeros stored'], ['sparse', 'sparse: bitmask + non-zeros (about 13 % of dense at 90 %)']], help: 'How the pruned weights are stored (default dense).' },
     ],
   },
   distill: {
@@ -875,9 +885,20 @@ const JOB_KINDS = {
       { key: 'temperature', label: 'Temperature', type: 'number', default: 4, step: 'any', help: 'Softens the teacher\'s outputs (default 4).' },
       { key: 'alpha', label: 'Alpha', type: 'number', default: 0.9, min: 0, max: 1, step: 'any', help: 'Weight of the teacher loss vs. the label loss (default 0.9).' },
       { key: 'epochs', label: 'Epochs', type: 'int', default: 10, min: 1, help: 'Default 10.' },
+      { key: 'lr', label: 'Learning rate', type: 'number', default: 0.001, step: 'any', help: 'Default 0.001.' },
+      { key: 'batch_size', label: 'Batch size', type: 'int', default: 64, min: 1, help: 'Default 64.' },
+      { key: 'baseline', label: 'Also train the student alone (baseline)', type: 'bool', default: false, help: 'Shows what distillation bought over plain training on the same budget (doubles the time).' },
     ],
   },
 };
+
+/** Whether a field applies: `when: [otherKey, value | [values]]` ties it to another field's choice. */
+function fieldActive(f, controls) {
+  if (!f.when) return true;
+  const [key, want] = f.when;
+  const v = controls.get(key)?.value;
+  return Array.isArray(want) ? want.includes(v) : v === want;
+}
 
 function setNested(obj, dotted, value) {
   const keys = dotted.split('.');
@@ -972,6 +993,10 @@ async function jobForm({ modelId, kind, signal }) {
       fields.set(f.key, w);
       add(grid, w);
     }
+    // Fields that only apply to one choice of another field (`when`) hide with it.
+    const syncWhen = () => def.fields.forEach((f) => { if (f.when) fields.get(f.key).classList.toggle('hidden', !fieldActive(f, controls)); });
+    new Set(def.fields.filter((f) => f.when).map((f) => f.when[0])).forEach((k) => controls.get(k)?.addEventListener('change', syncWhen));
+    syncWhen();
 
     // Split choices follow the chosen dataset.
     const splitCtl = [...controls.entries()].find(([k]) => def.fields.find((f) => f.key === k)?.type === 'split');
@@ -1004,6 +1029,8 @@ async function jobForm({ modelId, kind, signal }) {
         else if (f.type === 'int' || f.type === 'number') v = c.value === '' ? null : Number(c.value);
         else v = c.value;
         if (f.requires && !controls.get(f.requires)?.value) continue;
+        if (!fieldActive(f, controls)) continue;
+        if (f.key.startsWith('$')) continue; // form-only choice, not a parameter
         if (v === null || v === '' || (typeof v === 'number' && Number.isNaN(v))) {
           if (f.optional) continue;
           fields.get(f.key).setError(`${f.label} is required.`);
@@ -1037,11 +1064,14 @@ function studentControl(models) {
     h('option', { value: 'from_teacher' }, 'a narrower copy of the teacher'),
     h('option', { value: 'model_id' }, 'an existing model'),
     h('option', { value: 'spec' }, 'an architecture spec (JSON)'));
-  const width = h('input', { type: 'number', value: 32, min: 1, step: 1, testid: 'param-student-width' });
+  const width = h('input', { type: 'number', value: 0.25, min: 0.01, max: 1, step: 'any', testid: 'param-student-width' });
+  const separable = h('input', { type: 'checkbox', testid: 'param-student-separable' });
   const model = h('select', {}, models.map((m) => h('option', { value: m.id }, m.name)));
   const spec = h('textarea', { rows: 5, placeholder: '{"format": "modelpress.spec", …}' });
   const parts = {
-    from_teacher: h('label', { class: 'field' }, h('span', { class: 'field-help' }, 'Hidden width of the student (default 32)'), width),
+    from_teacher: h('div', { class: 'stack' },
+      h('label', { class: 'field' }, h('span', { class: 'field-help' }, 'Hidden widths and channels as a fraction of the teacher\'s (default 0.25)'), width),
+      h('label', { class: 'row' }, separable, h('span', { class: 'field-help' }, 'depthwise-separable convolutions (MobileNet-style)'))),
     model_id: model,
     spec,
   };
@@ -1051,7 +1081,7 @@ function studentControl(models) {
   show();
   const el = h('div', { class: 'stack' }, mode, slot);
   el.getValue = () => {
-    if (mode.value === 'from_teacher') return { from_teacher: { width: Number(width.value) } };
+    if (mode.value === 'from_teacher') return { from_teacher: { width: Number(width.value), ...(separable.checked ? { depthwise_separable: true } : {}) } };
     if (mode.value === 'model_id') return { model_id: model.value };
     try { return { spec: JSON.parse(spec.value) }; } catch (e) { return new Error(`The student spec is not valid JSON: ${e.message}`); }
   };
