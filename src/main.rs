@@ -12,6 +12,14 @@ fn main() -> anyhow::Result<()> {
         None => cli.serve,
     };
     telemetry::init(config.log_format);
+    // candle's quantized matmuls split each product over a process-wide pool of spin-waiting
+    // threads sized by CANDLE_NUM_THREADS (default: every physical core). Next to the job workers
+    // and the inference threads that pool oversubscribes the cores, and spin-waiting threads that
+    // lose their core slow a 67M-parameter q8_0 forward ~2.7x (docs/benchmarks.md). Pin it to one
+    // thread per product unless the operator chose otherwise. Set here, before any thread exists.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http_threads)
         .thread_name("modelpress-http")
