@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod artifact;
+pub mod auth;
 pub mod compress;
 pub mod config;
 pub mod datasets;
@@ -21,6 +22,7 @@ pub mod db;
 pub mod error;
 pub mod glob;
 pub mod jobs;
+pub mod limits;
 pub mod nn;
 pub mod startup;
 pub mod storage;

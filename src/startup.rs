@@ -37,6 +37,8 @@ impl StopHandle {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        // Before anything is created: refuse to expose the service without keys.
+        config.auth.check_bind(config.bind).map_err(anyhow::Error::msg)?;
         let store = ArtifactStore::open(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let db = db::connect(&config.data_dir).await.context("opening the database")?;
@@ -65,7 +67,8 @@ impl Application {
         let jobs = JobsHandle::start(db.clone(), store.clone(), &config, metrics.clone())?;
         let listener = TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
         let addr = listener.local_addr()?;
-        let state = AppState { db, store, config: Arc::new(config), jobs, metrics };
+        let limits = Arc::new(crate::limits::Limits::new(&config.limits));
+        let state = AppState { db, store, config: Arc::new(config), jobs, metrics, limits };
         let (stop_tx, _) = watch::channel(false);
         Ok(Application { listener, addr, state, stop_tx })
     }

@@ -15,6 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{check_cursor, check_id, page_limit, ApiPath, ApiQuery};
 use super::AppState;
+use crate::auth::Caller;
 use crate::db::{self, DeleteOutcome, ModelRow};
 use crate::error::{ApiError, ApiResult, ErrorCode, Problem};
 use crate::storage::{StoreError, TempFile, Upload};
@@ -262,6 +263,7 @@ pub(super) async fn validate_safetensors(st: &AppState, file: &TempFile) -> ApiR
     ))]
 pub async fn create_model(
     State(st): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<UploadQuery>,
     req: Request,
 ) -> ApiResult<Response> {
@@ -289,7 +291,7 @@ pub async fn create_model(
         spec,
         parent_model_id: None,
         job_id: None,
-        tenant_id: None,
+        tenant_id: caller.tenant.id().map(str::to_string),
     };
     let dest = st.store.model_path(&id);
     upload.file.persist(&dest)?;
@@ -311,17 +313,22 @@ pub async fn create_model(
         (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad cursor or limit", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_models(State(st): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<ModelList>> {
+pub async fn list_models(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<ModelList>> {
     check_cursor(q.cursor.as_deref())?;
     let limit = page_limit(q.limit)?;
-    let rows = db::list_models(&st.db, q.name.as_deref(), q.cursor.as_deref(), limit).await?;
+    let rows = db::list_models(&st.db, &caller.tenant, q.name.as_deref(), q.cursor.as_deref(), limit).await?;
     let next_cursor = if rows.len() as i64 == limit { rows.last().map(|r| r.id.clone()) } else { None };
     Ok(Json(ModelList { items: rows.into_iter().map(|r| Model::from_row(r, false)).collect(), next_cursor }))
 }
 
-pub(super) async fn load_model(st: &AppState, id: &str) -> ApiResult<ModelRow> {
+/// The caller's model, or 404 (another tenant's model does not exist for it).
+pub(super) async fn load_model(st: &AppState, caller: &Caller, id: &str) -> ApiResult<ModelRow> {
     check_id("model", id)?;
-    db::get_model(&st.db, id).await?.ok_or_else(|| ApiError::not_found("model", id))
+    db::get_model_of(&st.db, &caller.tenant, id).await?.ok_or_else(|| ApiError::not_found("model", id))
 }
 
 /// Get one model, with its spec and the report of the job that made it.
@@ -331,8 +338,12 @@ pub(super) async fn load_model(st: &AppState, id: &str) -> ApiResult<ModelRow> {
         (status = 200, description = "The model", body = Model),
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get_model(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Model>> {
-    let row = load_model(&st, &id).await?;
+pub async fn get_model(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Model>> {
+    let row = load_model(&st, &caller, &id).await?;
     let job_id = row.job_id.clone();
     let mut m = Model::from_row(row, true);
     if let Some(job_id) = job_id {
@@ -351,9 +362,13 @@ pub async fn get_model(State(st): State<AppState>, ApiPath(id): ApiPath<String>)
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A queued or running job uses it", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn delete_model(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<StatusCode> {
+pub async fn delete_model(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
     check_id("model", &id)?;
-    match db::delete_model(&st.db, &id).await? {
+    match db::delete_model(&st.db, &caller.tenant, &id).await? {
         DeleteOutcome::Deleted => {
             let path = st.store.model_path(&id);
             if let Err(e) = tokio::fs::remove_file(&path).await {
@@ -493,11 +508,12 @@ type DeriveFn = fn(&std::path::Path, &std::path::Path, &ModelRow) -> Result<(), 
     ))]
 pub async fn download_model(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<DownloadQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let row = load_model(&st, &id).await?;
+    let row = load_model(&st, &caller, &id).await?;
     let format = q.format.as_deref().unwrap_or("native");
     let (ext, derive): (&str, DeriveFn) = match format {
         "native" => {
