@@ -104,7 +104,7 @@ impl RateLimiter {
 
     /// Takes a token for `key`; `Err(seconds)` is the `Retry-After` to answer.
     pub fn check(&self, key: &str, now: Instant) -> Result<(), u64> {
-        if !(self.rate > 0.0) {
+        if !self.rate.is_finite() || self.rate <= 0.0 {
             return Ok(());
         }
         let mut buckets = self.buckets.lock().expect("rate limiter lock is never poisoned (no panics inside)");
