@@ -54,8 +54,11 @@ pub struct DatasetList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DatasetUploadQuery {
+    /// 1-200 characters, not blank, no control characters.
+    #[param(min_length = 1, max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub name: Option<String>,
     /// `safetensors` (default) or `csv`.
+    #[param(pattern = "^(safetensors|csv)$")]
     pub format: Option<String>,
     /// CSV only: the label column (default `label`, else the last column; empty = unlabelled).
     pub label: Option<String>,
@@ -63,13 +66,16 @@ pub struct DatasetUploadQuery {
 
 /// Multipart dataset upload form.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct DatasetUploadForm {
     /// The safetensors or CSV file.
-    #[schema(content_media_type = "application/octet-stream")]
+    #[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
     data: Vec<u8>,
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     name: Option<String>,
     /// `safetensors` or `csv`.
+    #[schema(pattern = "^(safetensors|csv)$")]
     format: Option<String>,
     label: Option<String>,
 }

@@ -67,9 +67,15 @@ pub struct ApiPath<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
 
+/// Whether `s` is a UUID in the hyphenated form this API issues (the form its OpenAPI
+/// pattern describes).
+pub fn is_uuid(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::parse_str(s).is_ok()
+}
+
 /// Checks that a path id looks like one we issue (a UUID), so junk never reaches SQL or paths.
 pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
-    if uuid::Uuid::parse_str(id).is_ok() {
+    if is_uuid(id) {
         Ok(())
     } else {
         Err(ApiError::not_found(what, id))
@@ -79,7 +85,7 @@ pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
 /// Checks a pagination cursor (an id from a previous page).
 pub fn check_cursor(cursor: Option<&str>) -> Result<(), ApiError> {
     match cursor {
-        Some(c) if uuid::Uuid::parse_str(c).is_err() => Err(ApiError::validation(
+        Some(c) if !is_uuid(c) => Err(ApiError::validation(
             "cursor",
             "not a cursor returned by this API (use next_cursor from the previous page)",
         )),

@@ -48,12 +48,16 @@ pub struct JobList {
 #[into_params(parameter_in = Query)]
 pub struct JobListQuery {
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    #[param(pattern = "^(queued|running|succeeded|failed|cancelled)$")]
     pub status: Option<String>,
     pub kind: Option<String>,
     /// Jobs reading or producing this model.
     pub model_id: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
     /// Page size, 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 

@@ -83,17 +83,21 @@ pub struct ModelList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UploadQuery {
-    /// Model name (raw uploads; multipart uploads may send a `name` part instead).
+    /// Model name (raw uploads; multipart uploads may send a `name` part instead): 1-200
+    /// characters, not blank, no control characters.
+    #[param(min_length = 1, max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub name: Option<String>,
 }
 
 /// Multipart upload form.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ModelUploadForm {
     /// The safetensors file.
-    #[schema(content_media_type = "application/octet-stream")]
+    #[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
     weights: Vec<u8>,
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     name: Option<String>,
     /// Architecture spec (JSON), see docs/spec.md.
     spec: Option<String>,
@@ -105,8 +109,10 @@ pub struct ListQuery {
     /// Only models with exactly this name.
     pub name: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
     /// Page size, 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -115,13 +121,14 @@ pub struct ListQuery {
 pub struct DownloadQuery {
     /// `native` (the stored file, default), `safetensors-f32` (every tensor dequantized to f32),
     /// or `gguf` (GGUF v2; int8 as Q8_0, int4 as Q4_0/Q4_1, GGML types as stored).
+    #[param(pattern = "^(native|safetensors-f32|gguf)$")]
     pub format: Option<String>,
 }
 
 pub(super) fn validate_name(name: Option<String>, default: &str) -> Result<String, ApiError> {
     let name = name.unwrap_or_else(|| default.to_string());
     let name = name.trim().to_string();
-    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(ApiError::validation("name", "must be 1-200 characters without control characters"));
     }
     Ok(name)
