@@ -49,7 +49,7 @@ pub struct LimitsConfig {
     pub max_json_bytes: usize,
 
     /// Deepest nesting of arrays/objects accepted in a JSON request body; deeper gets 400.
-    #[arg(long, env = "MODELPRESS_MAX_JSON_DEPTH", default_value_t = 32)]
+    #[arg(long, env = "MODELPRESS_MAX_JSON_DEPTH", default_value_t = 64)]
     pub max_json_depth: usize,
 }
 
@@ -162,7 +162,7 @@ pub struct JsonLimits {
 
 impl Default for JsonLimits {
     fn default() -> Self {
-        JsonLimits { max_depth: 32 }
+        JsonLimits { max_depth: 64 }
     }
 }
 
