@@ -6,7 +6,7 @@
 #
 #   scripts/schemathesis.sh <path to the modelpress binary>
 #
-# Environment: SCHEMATHESIS_EXAMPLES (max examples per operation and phase, default 25),
+# Environment: SCHEMATHESIS_EXAMPLES (max examples per operation and phase, default 50),
 # SCHEMATHESIS_SEED (default 1, so CI runs are reproducible), TMPDIR. Settings that need a file
 # (per-operation expectations, stateful bounds) are in scripts/schemathesis.toml. The venv lives in ${TMPDIR:-/tmp}/modelpress-schemathesis and
 # is reused across runs.
@@ -17,7 +17,7 @@ BIN="${1:?usage: scripts/schemathesis.sh <path to the modelpress binary>}"
 [ -x "$BIN" ] || { echo "not an executable: $BIN" >&2; exit 2; }
 BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 
-EXAMPLES="${SCHEMATHESIS_EXAMPLES:-25}"
+EXAMPLES="${SCHEMATHESIS_EXAMPLES:-50}"
 SEED="${SCHEMATHESIS_SEED:-1}"
 VENV="${TMPDIR:-/tmp}/modelpress-schemathesis"
 SPEC="$PWD/openapi.yaml"
