@@ -271,6 +271,35 @@ mod tests {
         assert!(!json_depth_ok(deep.as_bytes(), 32));
     }
 
+    #[tokio::test]
+    async fn slow_requests_time_out_except_streaming_routes() {
+        use axum::body::Body;
+        use axum::routing::{get, post};
+        use tower::ServiceExt;
+
+        let mut config = crate::config::Config::for_tests(std::env::temp_dir()).limits;
+        config.request_timeout_secs = 1;
+        let limits = Arc::new(Limits::new(&config));
+        let slow = || async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            "done"
+        };
+        let app = axum::Router::new()
+            .route("/v1/jobs", get(slow))
+            .route("/v1/models", post(slow))
+            .layer(axum::middleware::from_fn_with_state(limits, timeout));
+        let req = |m: &str, uri: &str| Request::builder().method(m).uri(uri).body(Body::empty()).unwrap();
+        let resp = app.clone().oneshot(req("GET", "/v1/jobs")).await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(p["code"], "timeout");
+        // An upload route is exempt: it may stream for as long as the body takes.
+        let resp = app.oneshot(req("POST", "/v1/models")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+
     #[test]
     fn streaming_routes() {
         assert!(is_streaming_route(&Method::POST, "/v1/models"));

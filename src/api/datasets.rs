@@ -55,7 +55,11 @@ pub struct DatasetList {
 #[into_params(parameter_in = Query)]
 pub struct DatasetUploadQuery {
     /// 1-200 characters, not blank, no control characters.
-    #[param(min_length = 1, max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: Option<String>,
     /// `safetensors` (default) or `csv`.
     #[param(pattern = "^(safetensors|csv)$")]
@@ -72,7 +76,11 @@ pub struct DatasetUploadForm {
     /// The safetensors or CSV file.
     #[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
     data: Vec<u8>,
-    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: Option<String>,
     /// `safetensors` or `csv`.
     #[schema(pattern = "^(safetensors|csv)$")]

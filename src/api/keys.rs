@@ -20,7 +20,11 @@ use crate::error::{ApiError, ApiResult, Problem};
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// What the key is for (1-200 characters, not blank, no control characters), e.g. `ci-pipeline`.
-    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: String,
     /// The tenant the key acts for: omit for a new tenant (the key's id), or give an existing
     /// tenant's id to issue a second key for it (rotation). 1-64 of `A-Z a-z 0-9 . _ -`.

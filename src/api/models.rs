@@ -85,7 +85,11 @@ pub struct ModelList {
 pub struct UploadQuery {
     /// Model name (raw uploads; multipart uploads may send a `name` part instead): 1-200
     /// characters, not blank, no control characters.
-    #[param(min_length = 1, max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: Option<String>,
 }
 
@@ -97,7 +101,11 @@ pub struct ModelUploadForm {
     /// The safetensors file.
     #[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
     weights: Vec<u8>,
-    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: Option<String>,
     /// Architecture spec (JSON), see docs/spec.md.
     spec: Option<String>,
