@@ -49,21 +49,21 @@ impl Modify for SecurityDoc {
                 continue;
             }
             let ops = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.options,
-                &mut item.head,
-                &mut item.patch,
-                &mut item.trace,
+                (Method::GET, &mut item.get),
+                (Method::PUT, &mut item.put),
+                (Method::POST, &mut item.post),
+                (Method::DELETE, &mut item.delete),
+                (Method::OPTIONS, &mut item.options),
+                (Method::HEAD, &mut item.head),
+                (Method::PATCH, &mut item.patch),
+                (Method::TRACE, &mut item.trace),
             ];
-            for op in ops.into_iter().flatten() {
+            for (method, op) in ops {
+                let Some(op) = op else { continue };
                 op.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
                 add_default(op, "401", "Missing, unknown or revoked API key (`WWW-Authenticate: Bearer`)");
                 add_default(op, "429", "Rate limited (--rate-limit-rps); retry after `Retry-After` seconds");
-                let streaming = ["/download", "/events"].iter().any(|s| path.ends_with(s));
-                if !streaming {
+                if !crate::limits::is_streaming_route(&method, path) {
                     add_default(op, "503", "The request took longer than --request-timeout-secs");
                 }
             }
