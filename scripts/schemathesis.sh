@@ -21,6 +21,7 @@ EXAMPLES="${SCHEMATHESIS_EXAMPLES:-50}"
 SEED="${SCHEMATHESIS_SEED:-1}"
 VENV="${TMPDIR:-/tmp}/modelpress-schemathesis"
 SPEC="$PWD/openapi.yaml"
+CONFIG="$PWD/scripts/schemathesis.toml"
 
 if ! "$VENV/bin/schemathesis" --version >/dev/null 2>&1; then
   echo "== installing schemathesis into $VENV"
@@ -76,11 +77,12 @@ stop_server() {
 # constructor recursion depth mismatch"), and the server has 2 cores anyway.
 run_st() {
   local spec="$1"; shift
-  "$VENV/bin/schemathesis" --config-file scripts/schemathesis.toml run "$spec" --url "$BASE" \
+  # Run from the scratch dir: schemathesis keeps a cache (.schemathesis/) in its working dir.
+  (cd "$WORK" && "$VENV/bin/schemathesis" --config-file "$CONFIG" run "$spec" --url "$BASE" \
     --checks all --max-examples "$EXAMPLES" --seed "$SEED" \
     --workers 1 --request-timeout 30 --no-color --output-truncate true \
     --suppress-health-check too_slow,filter_too_much,data_too_large \
-    "$@"
+    "$@")
 }
 
 status=0
