@@ -531,3 +531,30 @@ async fn data_files_are_private() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn idempotency_keys_do_not_cross_tenants() {
+    let app = spawn_keyed(|_| {}).await;
+    let (_, key_a, _) = create_key(&app, "a").await;
+    let (_, key_b, _) = create_key(&app, "b").await;
+    let body = json!({"kind": "debug_sleep", "params": {"steps": 1, "step_ms": 1}});
+    let post = |c: reqwest::Client| {
+        let (url, body) = (app.url("/v1/jobs"), body.clone());
+        async move {
+            let r = c.post(url).header("idempotency-key", "deploy-42").json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 202);
+            let replayed = r.headers().get("idempotent-replayed").is_some();
+            (r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string(), replayed)
+        }
+    };
+    let (job_a, replayed) = post(client_for(&key_a)).await;
+    assert!(!replayed);
+    // The same key from another tenant is a new job, not a replay of A's.
+    let (job_b, replayed) = post(client_for(&key_b)).await;
+    assert!(!replayed);
+    assert_ne!(job_a, job_b);
+    let (again, replayed) = post(client_for(&key_a)).await;
+    assert!(replayed);
+    assert_eq!(again, job_a);
+    app.stop().await;
+}
