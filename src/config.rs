@@ -41,6 +41,14 @@ pub struct Config {
     #[arg(long, env = "MODELPRESS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// API keys, the open-mode bind policy and CORS (see `auth`).
+    #[command(flatten)]
+    pub auth: crate::auth::AuthConfig,
+
+    /// Rate limits, quotas, timeouts and body limits (see `limits`).
+    #[command(flatten)]
+    pub limits: crate::limits::LimitsConfig,
+
     /// Number of job worker threads (jobs that run at the same time).
     #[arg(long, env = "MODELPRESS_WORKERS", default_value_t = 1)]
     pub workers: usize,

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 pub enum ErrorCode {
     BadRequest,
     Unauthorized,
+    Forbidden,
     NotFound,
     MethodNotAllowed,
     Conflict,
@@ -26,9 +27,11 @@ pub enum ErrorCode {
     InvalidSpec,
     QueueFull,
     RateLimited,
+    QuotaExceeded,
     Cancelled,
     Internal,
     Unavailable,
+    Timeout,
 }
 
 impl ErrorCode {
@@ -37,6 +40,7 @@ impl ErrorCode {
         match self {
             BadRequest => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict => StatusCode::CONFLICT,
@@ -44,11 +48,11 @@ impl ErrorCode {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Validation | InvalidSafetensors | InvalidSpec => StatusCode::UNPROCESSABLE_ENTITY,
-            QueueFull | RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            QueueFull | RateLimited | QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             // A cancelled job's error object; never an HTTP answer by itself.
             Cancelled => StatusCode::CONFLICT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable | Timeout => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -57,6 +61,7 @@ impl ErrorCode {
         match self {
             BadRequest => "bad_request",
             Unauthorized => "unauthorized",
+            Forbidden => "forbidden",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             Conflict => "conflict",
@@ -68,9 +73,11 @@ impl ErrorCode {
             InvalidSpec => "invalid_spec",
             QueueFull => "queue_full",
             RateLimited => "rate_limited",
+            QuotaExceeded => "quota_exceeded",
             Cancelled => "cancelled",
             Internal => "internal_error",
             Unavailable => "unavailable",
+            Timeout => "timeout",
         }
     }
 
@@ -79,6 +86,7 @@ impl ErrorCode {
         match self {
             BadRequest => "Bad request",
             Unauthorized => "Missing or invalid API key",
+            Forbidden => "Not allowed for this key",
             NotFound => "Not found",
             MethodNotAllowed => "Method not allowed",
             Conflict => "Conflict",
@@ -90,9 +98,11 @@ impl ErrorCode {
             InvalidSpec => "Invalid architecture spec",
             QueueFull => "Job queue is full",
             RateLimited => "Too many requests",
+            QuotaExceeded => "Job quota exceeded",
             Cancelled => "Job cancelled",
             Internal => "Internal server error",
             Unavailable => "Service unavailable",
+            Timeout => "Request timed out",
         }
     }
 }

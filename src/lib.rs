@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod artifact;
+pub mod auth;
 pub mod compress;
 pub mod config;
 pub mod datasets;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod glob;
 pub mod inference;
 pub mod jobs;
+pub mod limits;
 pub mod nn;
 pub mod startup;
 pub mod storage;

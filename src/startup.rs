@@ -38,6 +38,8 @@ impl StopHandle {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        // Before anything is created: refuse to expose the service without keys.
+        config.auth.check_bind(config.bind).map_err(anyhow::Error::msg)?;
         let store = ArtifactStore::open(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let db = db::connect(&config.data_dir).await.context("opening the database")?;
@@ -68,7 +70,8 @@ impl Application {
             .context("starting the inference threads")?;
         let listener = TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
         let addr = listener.local_addr()?;
-        let state = AppState { db, store, config: Arc::new(config), jobs, metrics, inference };
+        let limits = Arc::new(crate::limits::Limits::new(&config.limits));
+        let state = AppState { db, store, config: Arc::new(config), jobs, metrics, limits, inference };
         let (stop_tx, _) = watch::channel(false);
         Ok(Application { listener, addr, state, stop_tx })
     }

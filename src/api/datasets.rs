@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{check_cursor, check_id, page_limit, ApiPath, ApiQuery};
 use super::models::{read_upload, validate_name, ListQuery};
 use super::AppState;
+use crate::auth::Caller;
 use crate::datasets::{self, DatasetError, DatasetInfo, SplitInfo};
 use crate::db::{self, DatasetRow, DeleteOutcome};
 use crate::error::{ApiError, ApiResult, ErrorCode, Problem};
@@ -53,8 +54,15 @@ pub struct DatasetList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DatasetUploadQuery {
+    /// 1-200 characters, not blank, no control characters.
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: Option<String>,
     /// `safetensors` (default) or `csv`.
+    #[param(pattern = "^(safetensors|csv)$")]
     pub format: Option<String>,
     /// CSV only: the label column (default `label`, else the last column; empty = unlabelled).
     pub label: Option<String>,
@@ -62,13 +70,20 @@ pub struct DatasetUploadQuery {
 
 /// Multipart dataset upload form.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct DatasetUploadForm {
     /// The safetensors or CSV file.
-    #[schema(content_media_type = "application/octet-stream")]
+    #[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
     data: Vec<u8>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: Option<String>,
     /// `safetensors` or `csv`.
+    #[schema(pattern = "^(safetensors|csv)$")]
     format: Option<String>,
     label: Option<String>,
 }
@@ -96,6 +111,7 @@ fn dataset_error(e: DatasetError) -> ApiError {
     ))]
 pub async fn create_dataset(
     State(st): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<DatasetUploadQuery>,
     req: Request,
 ) -> ApiResult<Response> {
@@ -137,7 +153,7 @@ pub async fn create_dataset(
         sha256: upload.sha256.clone(),
         format,
         info: serde_json::to_string(&info).map_err(ApiError::internal)?,
-        tenant_id: None,
+        tenant_id: caller.tenant.id().map(str::to_string),
     };
     let dest = st.store.dataset_path(&id);
     stored.persist(&dest)?;
@@ -160,18 +176,20 @@ pub async fn create_dataset(
     ))]
 pub async fn list_datasets(
     State(st): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<DatasetList>> {
     check_cursor(q.cursor.as_deref())?;
     let limit = page_limit(q.limit)?;
-    let rows = db::list_datasets(&st.db, q.name.as_deref(), q.cursor.as_deref(), limit).await?;
+    let rows = db::list_datasets(&st.db, &caller.tenant, q.name.as_deref(), q.cursor.as_deref(), limit).await?;
     let next_cursor = if rows.len() as i64 == limit { rows.last().map(|r| r.id.clone()) } else { None };
     Ok(Json(DatasetList { items: rows.into_iter().map(Dataset::from_row).collect(), next_cursor }))
 }
 
-pub(super) async fn load_dataset(st: &AppState, id: &str) -> ApiResult<DatasetRow> {
+/// The caller's dataset, or 404.
+pub(super) async fn load_dataset(st: &AppState, caller: &Caller, id: &str) -> ApiResult<DatasetRow> {
     check_id("dataset", id)?;
-    db::get_dataset(&st.db, id).await?.ok_or_else(|| ApiError::not_found("dataset", id))
+    db::get_dataset_of(&st.db, &caller.tenant, id).await?.ok_or_else(|| ApiError::not_found("dataset", id))
 }
 
 /// Get one dataset with its splits, sample counts, shapes and class counts.
@@ -181,8 +199,12 @@ pub(super) async fn load_dataset(st: &AppState, id: &str) -> ApiResult<DatasetRo
         (status = 200, description = "The dataset", body = Dataset),
         (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get_dataset(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Dataset>> {
-    Ok(Json(Dataset::from_row(load_dataset(&st, &id).await?)))
+pub async fn get_dataset(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Dataset>> {
+    Ok(Json(Dataset::from_row(load_dataset(&st, &caller, &id).await?)))
 }
 
 /// Delete a dataset. Refused (409) while a queued or running job uses it.
@@ -193,9 +215,13 @@ pub async fn get_dataset(State(st): State<AppState>, ApiPath(id): ApiPath<String
         (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A queued or running job uses it", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn delete_dataset(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<StatusCode> {
+pub async fn delete_dataset(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
     check_id("dataset", &id)?;
-    match db::delete_dataset(&st.db, &id).await? {
+    match db::delete_dataset(&st.db, &caller.tenant, &id).await? {
         DeleteOutcome::Deleted => {
             let _ = tokio::fs::remove_file(st.store.dataset_path(&id)).await;
             Ok(StatusCode::NO_CONTENT)

@@ -64,7 +64,7 @@ pub async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
 }
 
 /// The OpenAPI document (YAML).
-#[utoipa::path(get, path = "/openapi.yaml", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/yaml", body = String)))]
+#[utoipa::path(get, path = "/openapi.yaml", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/yaml", body = Object)))]
 pub async fn openapi_yaml() -> Response {
     match super::openapi().to_yaml() {
         Ok(y) => ([(header::CONTENT_TYPE, "application/yaml")], y).into_response(),

@@ -17,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{check_cursor, check_id, page_limit, ApiJson, ApiPath, ApiQuery};
 use super::AppState;
+use crate::auth::{Caller, Role};
 use crate::db::{self, CancelOutcome, InsertJob, JobFilter, NewJob};
 use crate::error::{ApiError, ApiResult, ErrorCode, Problem};
 use crate::jobs::params::{self, JobParams};
@@ -47,28 +48,40 @@ pub struct JobList {
 #[into_params(parameter_in = Query)]
 pub struct JobListQuery {
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    #[param(pattern = "^(queued|running|succeeded|failed|cancelled)$")]
     pub status: Option<String>,
     pub kind: Option<String>,
     /// Jobs reading or producing this model.
     pub model_id: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
     /// Page size, 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
-/// Checks what can be checked against stored models before a job is queued.
-async fn precheck(st: &AppState, params: &JobParams, model_id: Option<&str>) -> ApiResult<Vec<String>> {
+/// Checks what can be checked against stored models before a job is queued. Every model and
+/// dataset is looked up as the caller's: another tenant's id is answered exactly like a
+/// missing one.
+async fn precheck(
+    st: &AppState,
+    caller: &Caller,
+    params: &JobParams,
+    model_id: Option<&str>,
+) -> ApiResult<Vec<String>> {
+    let tenant = &caller.tenant;
     let mut inputs = Vec::new();
     if params.needs_model() {
         let id = model_id
             .ok_or_else(|| ApiError::validation("model_id", format!("required for kind '{}'", params.kind())))?;
-        if uuid::Uuid::parse_str(id).is_err() || db::get_model(&st.db, id).await?.is_none() {
+        if uuid::Uuid::parse_str(id).is_err() || db::get_model_of(&st.db, tenant, id).await?.is_none() {
             return Err(ApiError::validation("model_id", format!("model '{id}' does not exist")));
         }
         inputs.push(id.to_string());
     }
     for id in params.model_ids() {
-        if uuid::Uuid::parse_str(&id).is_err() || db::get_model(&st.db, &id).await?.is_none() {
+        if uuid::Uuid::parse_str(&id).is_err() || db::get_model_of(&st.db, tenant, &id).await?.is_none() {
             return Err(ApiError::validation("params", format!("model '{id}' does not exist")));
         }
         inputs.push(id);
@@ -76,7 +89,7 @@ async fn precheck(st: &AppState, params: &JobParams, model_id: Option<&str>) -> 
     let needs = params.needs();
     let spec = if needs.spec {
         let id = model_id.unwrap_or_default();
-        let row = db::get_model(&st.db, id)
+        let row = db::get_model_of(&st.db, tenant, id)
             .await?
             .ok_or_else(|| ApiError::validation("model_id", format!("model '{id}' does not exist")))?;
         Some(super::specs::stored_spec(row.spec.as_deref(), id, "model_id")?)
@@ -86,7 +99,7 @@ async fn precheck(st: &AppState, params: &JobParams, model_id: Option<&str>) -> 
     if let (JobParams::Distill(d), Some(teacher)) = (params, &spec) {
         // Teacher and student must fit each other: refused here, before anything is queued.
         let stored = match d.student_model_id() {
-            Some(id) => db::get_model(&st.db, id).await?.and_then(|m| m.spec),
+            Some(id) => db::get_model_of(&st.db, tenant, id).await?.and_then(|m| m.spec),
             None => None,
         };
         d.check_models(teacher, stored.as_deref())?;
@@ -94,7 +107,7 @@ async fn precheck(st: &AppState, params: &JobParams, model_id: Option<&str>) -> 
     for (id, split, labels) in &needs.data {
         let field = "params.dataset_id";
         let row = match uuid::Uuid::parse_str(id) {
-            Ok(_) => db::get_dataset(&st.db, id).await?,
+            Ok(_) => db::get_dataset_of(&st.db, tenant, id).await?,
             Err(_) => None,
         };
         let row = row.ok_or_else(|| ApiError::validation(field, format!("dataset '{id}' does not exist")))?;
@@ -120,10 +133,11 @@ async fn precheck(st: &AppState, params: &JobParams, model_id: Option<&str>) -> 
         (status = 409, description = "Idempotency-Key reused with a different body", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown kind, missing model, bad params (the field is named)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Queue full (--max-queued-jobs); retry after Retry-After seconds", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Queue full (--max-queued-jobs), tenant quota reached (--max-jobs-per-tenant) or rate limited; retry after Retry-After seconds", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_job(
     State(st): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateJob>,
 ) -> ApiResult<Response> {
@@ -142,7 +156,7 @@ pub async fn create_job(
     if !parsed.needs_model() && body.model_id.is_some() {
         return Err(ApiError::validation("model_id", format!("kind '{}' takes no model_id", body.kind)));
     }
-    let inputs = precheck(&st, &parsed, body.model_id.as_deref()).await?;
+    let inputs = precheck(&st, &caller, &parsed, body.model_id.as_deref()).await?;
     let request_hash = hex::encode(Sha256::digest(serde_json::to_vec(&body).map_err(ApiError::internal)?));
     let new = NewJob {
         id: uuid::Uuid::now_v7().to_string(),
@@ -151,10 +165,14 @@ pub async fn create_job(
         params: raw_params.to_string(),
         idempotency_key: key,
         request_hash,
-        tenant_id: None,
+        tenant_id: caller.tenant.id().map(str::to_string),
         inputs,
     };
-    let (row, replayed) = match db::insert_job(&st.db, &new, st.config.max_queued_jobs).await? {
+    let quota = match (caller.role, st.config.limits.max_jobs_per_tenant) {
+        (Role::Tenant, n) if n > 0 => Some(n),
+        _ => None,
+    };
+    let (row, replayed) = match db::insert_job(&st.db, &new, st.config.max_queued_jobs, quota).await? {
         InsertJob::Inserted(r) => (r, false),
         InsertJob::Replayed(r) => (r, true),
         InsertJob::KeyConflict => {
@@ -168,6 +186,17 @@ pub async fn create_job(
             return Err(ApiError::new(
                 ErrorCode::QueueFull,
                 format!("{} jobs are already queued (--max-queued-jobs); retry later", st.config.max_queued_jobs),
+            )
+            .with_retry_after(5));
+        }
+        InsertJob::QuotaExceeded => {
+            st.metrics.inc("modelpress_rejections_total", vec![("reason", "tenant_quota".into())], 1.0);
+            return Err(ApiError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "this tenant already has {} jobs queued or running (--max-jobs-per-tenant); retry when one finishes",
+                    st.config.limits.max_jobs_per_tenant
+                ),
             )
             .with_retry_after(5));
         }
@@ -195,7 +224,11 @@ pub async fn create_job(
         (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad filter, cursor or limit", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_jobs(State(st): State<AppState>, ApiQuery(q): ApiQuery<JobListQuery>) -> ApiResult<Json<JobList>> {
+pub async fn list_jobs(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<JobListQuery>,
+) -> ApiResult<Json<JobList>> {
     check_cursor(q.cursor.as_deref())?;
     let limit = page_limit(q.limit)?;
     if let Some(s) = &q.status {
@@ -210,14 +243,15 @@ pub async fn list_jobs(State(st): State<AppState>, ApiQuery(q): ApiQuery<JobList
         before: q.cursor.as_deref(),
         limit,
     };
-    let rows = db::list_jobs(&st.db, &f).await?;
+    let rows = db::list_jobs(&st.db, &caller.tenant, &f).await?;
     let next_cursor = if rows.len() as i64 == limit { rows.last().map(|r| r.id.clone()) } else { None };
     Ok(Json(JobList { items: rows.into_iter().map(Job::from).collect(), next_cursor }))
 }
 
-async fn load_job(st: &AppState, id: &str) -> ApiResult<Job> {
+/// The caller's job, or 404.
+async fn load_job(st: &AppState, caller: &Caller, id: &str) -> ApiResult<Job> {
     check_id("job", id)?;
-    Ok(Job::from(db::get_job(&st.db, id).await?.ok_or_else(|| ApiError::not_found("job", id))?))
+    Ok(Job::from(db::get_job_of(&st.db, &caller.tenant, id).await?.ok_or_else(|| ApiError::not_found("job", id))?))
 }
 
 /// Get one job.
@@ -227,8 +261,8 @@ async fn load_job(st: &AppState, id: &str) -> ApiResult<Job> {
         (status = 200, description = "The job", body = Job),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get_job(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Job>> {
-    Ok(Json(load_job(&st, &id).await?))
+pub async fn get_job(State(st): State<AppState>, caller: Caller, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Job>> {
+    Ok(Json(load_job(&st, &caller, &id).await?))
 }
 
 /// Cancel a job: a queued job is cancelled at once, a running one at its next check point.
@@ -241,15 +275,16 @@ pub async fn get_job(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -
     ))]
 pub async fn cancel_job(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     check_id("job", &id)?;
-    match db::cancel_job(&st.db, &id).await? {
+    match db::cancel_job(&st.db, &caller.tenant, &id).await? {
         CancelOutcome::NotFound => return Err(ApiError::not_found("job", &id)),
         CancelOutcome::Requested => st.jobs.request_cancel(&id),
         CancelOutcome::Cancelled | CancelOutcome::AlreadyFinished => {}
     }
-    let job = load_job(&st, &id).await?;
+    let job = load_job(&st, &caller, &id).await?;
     st.jobs.publish_state(&job);
     Ok((StatusCode::ACCEPTED, Json(job)))
 }
@@ -266,15 +301,19 @@ fn sse_event(u: &JobUpdate) -> Event {
     responses(
         (status = 200, description = "An SSE stream", content_type = "text/event-stream", body = String),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many open streams (--max-sse-connections) or rate limited", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn job_events(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     check_id("job", &id)?;
     // Subscribe before reading the state so nothing falls between the two.
     let rx = st.jobs.subscribe();
-    let job = load_job(&st, &id).await?;
+    let job = load_job(&st, &caller, &id).await?;
+    // Held by the stream: the slot frees when the client goes away or the job ends.
+    let permit = st.limits.sse_permit()?;
     let first = JobUpdate {
         job_id: id.clone(),
         event: "state".into(),
@@ -288,9 +327,10 @@ pub async fn job_events(
         pending: Option<JobUpdate>,
         done: bool,
         stop: tokio::sync::watch::Receiver<bool>,
+        _permit: tokio::sync::OwnedSemaphorePermit,
     }
     let stop = st.jobs.stopping();
-    let state = S { st: st.clone(), id, rx, pending: Some(first), done: false, stop };
+    let state = S { st: st.clone(), id, rx, pending: Some(first), done: false, stop, _permit: permit };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         if s.done {
             return None;

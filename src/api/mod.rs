@@ -7,8 +7,10 @@ pub mod datasets;
 pub mod extract;
 pub mod health;
 pub mod jobs;
+pub mod keys;
 pub mod models;
 pub mod predict;
+pub mod security;
 pub mod specs;
 
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub struct AppState {
     pub jobs: JobsHandle,
     pub metrics: Arc<Metrics>,
     pub inference: crate::inference::InferenceHandle,
+    /// Rate limiter, SSE slots, limit settings.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl AppState {
@@ -53,6 +57,7 @@ impl AppState {
         (name = "models", description = "Uploaded and derived models"),
         (name = "datasets", description = "Uploaded datasets"),
         (name = "jobs", description = "Compression and training jobs"),
+        (name = "keys", description = "Tenant API keys (admin only)"),
         (name = "dashboard", description = "The web dashboard"),
         (name = "operations", description = "Health, metrics, contract"),
     ),
@@ -81,6 +86,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::job_events))
+        .routes(routes!(keys::create_key, keys::list_keys))
+        .routes(routes!(keys::revoke_key))
         .routes(routes!(dashboard::index))
         .routes(routes!(dashboard::app_js))
         .routes(routes!(dashboard::style_css))
@@ -93,7 +100,10 @@ fn api_router() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document generated from the code (`openapi.yaml` must equal it).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().into_openapi()
+    let mut doc = api_router().into_openapi();
+    // After the routes are in: it walks every /v1 operation.
+    utoipa::Modify::modify(&security::SecurityDoc, &mut doc);
+    doc
 }
 
 /// Counts requests by matched route and status, and times them.
@@ -117,13 +127,24 @@ async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) ->
 pub fn router(state: AppState) -> Router {
     let (router, _) = api_router().split_for_parts();
     let metrics = state.metrics.clone();
+    let limits = state.limits.clone();
+    let cors = security::cors(&state.config.auth.cors_origins);
+    let state_for_auth = state.clone();
     router
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(limits.clone(), crate::limits::timeout))
+        .layer(axum::middleware::from_fn_with_state(state_for_auth, crate::auth::middleware::authenticate))
+        .layer(axum::Extension(limits.json()))
+        .layer(DefaultBodyLimit::max(limits.config.max_json_bytes))
         .layer(axum::middleware::from_fn_with_state(metrics, track))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
             tracing::info_span!("http", method = %req.method(), route = %route, uri = %req.uri().path())
         }))
+        // Outermost: any Debug print of the request shows the key as "Sensitive"; CORS answers
+        // preflights before authentication (they carry no key).
+        .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([axum::http::header::AUTHORIZATION]))
+        .layer(cors)
 }

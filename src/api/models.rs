@@ -15,6 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{check_cursor, check_id, page_limit, ApiPath, ApiQuery};
 use super::AppState;
+use crate::auth::Caller;
 use crate::db::{self, DeleteOutcome, ModelRow};
 use crate::error::{ApiError, ApiResult, ErrorCode, Problem};
 use crate::storage::{StoreError, TempFile, Upload};
@@ -82,17 +83,29 @@ pub struct ModelList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UploadQuery {
-    /// Model name (raw uploads; multipart uploads may send a `name` part instead).
+    /// Model name (raw uploads; multipart uploads may send a `name` part instead): 1-200
+    /// characters, not blank, no control characters.
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: Option<String>,
 }
 
 /// Multipart upload form.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ModelUploadForm {
     /// The safetensors file.
-    #[schema(content_media_type = "application/octet-stream")]
+    #[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
     weights: Vec<u8>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: Option<String>,
     /// Architecture spec (JSON), see docs/spec.md.
     spec: Option<String>,
@@ -104,8 +117,10 @@ pub struct ListQuery {
     /// Only models with exactly this name.
     pub name: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
     /// Page size, 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -114,13 +129,14 @@ pub struct ListQuery {
 pub struct DownloadQuery {
     /// `native` (the stored file, default), `safetensors-f32` (every tensor dequantized to f32),
     /// or `gguf` (GGUF v2; int8 as Q8_0, int4 as Q4_0/Q4_1, GGML types as stored).
+    #[param(pattern = "^(native|safetensors-f32|gguf)$")]
     pub format: Option<String>,
 }
 
 pub(super) fn validate_name(name: Option<String>, default: &str) -> Result<String, ApiError> {
     let name = name.unwrap_or_else(|| default.to_string());
     let name = name.trim().to_string();
-    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(ApiError::validation("name", "must be 1-200 characters without control characters"));
     }
     Ok(name)
@@ -262,6 +278,7 @@ pub(super) async fn validate_safetensors(st: &AppState, file: &TempFile) -> ApiR
     ))]
 pub async fn create_model(
     State(st): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<UploadQuery>,
     req: Request,
 ) -> ApiResult<Response> {
@@ -289,7 +306,7 @@ pub async fn create_model(
         spec,
         parent_model_id: None,
         job_id: None,
-        tenant_id: None,
+        tenant_id: caller.tenant.id().map(str::to_string),
     };
     let dest = st.store.model_path(&id);
     upload.file.persist(&dest)?;
@@ -311,17 +328,22 @@ pub async fn create_model(
         (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad cursor or limit", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_models(State(st): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<ModelList>> {
+pub async fn list_models(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<ModelList>> {
     check_cursor(q.cursor.as_deref())?;
     let limit = page_limit(q.limit)?;
-    let rows = db::list_models(&st.db, q.name.as_deref(), q.cursor.as_deref(), limit).await?;
+    let rows = db::list_models(&st.db, &caller.tenant, q.name.as_deref(), q.cursor.as_deref(), limit).await?;
     let next_cursor = if rows.len() as i64 == limit { rows.last().map(|r| r.id.clone()) } else { None };
     Ok(Json(ModelList { items: rows.into_iter().map(|r| Model::from_row(r, false)).collect(), next_cursor }))
 }
 
-pub(super) async fn load_model(st: &AppState, id: &str) -> ApiResult<ModelRow> {
+/// The caller's model, or 404 (another tenant's model does not exist for it).
+pub(super) async fn load_model(st: &AppState, caller: &Caller, id: &str) -> ApiResult<ModelRow> {
     check_id("model", id)?;
-    db::get_model(&st.db, id).await?.ok_or_else(|| ApiError::not_found("model", id))
+    db::get_model_of(&st.db, &caller.tenant, id).await?.ok_or_else(|| ApiError::not_found("model", id))
 }
 
 /// Get one model, with its spec and the report of the job that made it.
@@ -331,8 +353,12 @@ pub(super) async fn load_model(st: &AppState, id: &str) -> ApiResult<ModelRow> {
         (status = 200, description = "The model", body = Model),
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get_model(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Model>> {
-    let row = load_model(&st, &id).await?;
+pub async fn get_model(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Model>> {
+    let row = load_model(&st, &caller, &id).await?;
     let job_id = row.job_id.clone();
     let mut m = Model::from_row(row, true);
     if let Some(job_id) = job_id {
@@ -351,9 +377,13 @@ pub async fn get_model(State(st): State<AppState>, ApiPath(id): ApiPath<String>)
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A queued or running job uses it", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn delete_model(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<StatusCode> {
+pub async fn delete_model(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
     check_id("model", &id)?;
-    match db::delete_model(&st.db, &id).await? {
+    match db::delete_model(&st.db, &caller.tenant, &id).await? {
         DeleteOutcome::Deleted => {
             st.inference.evict(&id);
             let path = st.store.model_path(&id);
@@ -488,17 +518,19 @@ type DeriveFn = fn(&std::path::Path, &std::path::Path, &ModelRow) -> Result<(), 
             headers(("ETag" = String, description = "Quoted sha256"), ("Content-Disposition" = String, description = "attachment; filename"))),
         (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 304, description = "Not modified (If-None-Match matched)"),
+        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
         (status = 416, description = "Unsatisfiable range", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown format", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn download_model(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<DownloadQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let row = load_model(&st, &id).await?;
+    let row = load_model(&st, &caller, &id).await?;
     let format = q.format.as_deref().unwrap_or("native");
     let (ext, derive): (&str, DeriveFn) = match format {
         "native" => {

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{check_id, ApiPath, ApiQuery};
+use super::extract::{ApiPath, ApiQuery};
 use super::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorCode, Problem};
 use crate::inference::{InferError, ModelSource, OutputMode, PredictRequest, Prediction, ServingPlan};
 use crate::nn::spec::{InputDType, OutputKind};
@@ -165,9 +166,10 @@ fn dtype_name(d: InputDType) -> &'static str {
 }
 
 /// The model row, its spec and where its file is; 404 / 422 when it cannot be served.
-async fn model_source(st: &AppState, id: &str) -> ApiResult<ModelSource> {
-    check_id("model", id)?;
-    let row = crate::db::get_model(&st.db, id).await?.ok_or_else(|| ApiError::not_found("model", id))?;
+/// The caller's model (another tenant's is 404, checked before anything reaches the inference
+/// cache, which is keyed by model id alone).
+async fn model_source(st: &AppState, caller: &Caller, id: &str) -> ApiResult<ModelSource> {
+    let row = super::models::load_model(st, caller, id).await?;
     let spec_json = row.spec.ok_or_else(|| {
         ApiError::new(
             ErrorCode::Validation,
@@ -493,6 +495,7 @@ fn body_limit(st: &AppState, numel: usize, json: bool) -> usize {
     ))]
 pub async fn predict(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<PredictQuery>,
     req: Request,
@@ -510,7 +513,7 @@ pub async fn predict(
             ),
         ));
     };
-    let source = model_source(&st, &id).await?;
+    let source = model_source(&st, &caller, &id).await?;
     let spec = source.spec.clone();
     let numel: usize = spec.input.shape.iter().product();
     let limit = body_limit(&st, numel, json);
@@ -646,8 +649,12 @@ fn binary_response(id: &str, mode: OutputMode, p: &Prediction) -> ApiResult<Resp
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The model has no architecture spec", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn predict_info(State(st): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<PredictInfo>> {
-    let source = model_source(&st, &id).await?;
+pub async fn predict_info(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<PredictInfo>> {
+    let source = model_source(&st, &caller, &id).await?;
     let spec = source.spec.clone();
     let cached = st.inference.cached(&id).filter(|m| *m.spec_json == *source.spec_json);
     let plan = match &cached {

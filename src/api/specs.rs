@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use super::extract::{ApiJson, ApiPath};
 use super::models::{load_model, Model};
 use super::AppState;
+use crate::auth::Caller;
 use crate::datasets::DatasetInfo;
 use crate::error::{ApiError, ApiResult, ErrorCode, Problem};
 use crate::nn::{ModelSpec, SpecCheck};
@@ -65,10 +66,11 @@ pub struct SpecAttached {
     ))]
 pub async fn put_spec(
     State(st): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(spec): ApiJson<Value>,
 ) -> ApiResult<Json<SpecAttached>> {
-    let row = load_model(&st, &id).await?;
+    let row = load_model(&st, &caller, &id).await?;
     let text = serde_json::to_vec(&spec).map_err(ApiError::internal)?;
     if text.len() > st.config.max_spec_bytes {
         return Err(ApiError::new(
@@ -83,10 +85,10 @@ pub async fn put_spec(
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;
     let (spec, check) = check_spec(&text, &header)?;
-    if !crate::db::set_model_spec(&st.db, &row.id, Some(&spec.to_json())).await? {
+    if !crate::db::set_model_spec(&st.db, &caller.tenant, &row.id, Some(&spec.to_json())).await? {
         return Err(ApiError::not_found("model", &id));
     }
-    let row = load_model(&st, &id).await?;
+    let row = load_model(&st, &caller, &id).await?;
     Ok(Json(SpecAttached {
         model: Model::from_row(row, true),
         unused_tensors: check.unused,

@@ -11,7 +11,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
 
+use crate::auth::Tenant;
 use crate::time::now_rfc3339;
+
+pub mod keys;
 
 pub type Db = SqlitePool;
 
@@ -80,31 +83,48 @@ pub async fn insert_model<'e, E: sqlx::SqliteExecutor<'e>>(e: E, m: &ModelRow) -
     Ok(())
 }
 
+/// Any tenant's model (workers, the dispatcher). Handlers use [`get_model_of`].
 pub async fn get_model(db: &Db, id: &str) -> Result<Option<ModelRow>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {MODEL_COLS} FROM models WHERE id = ?")).bind(id).fetch_optional(db).await
 }
 
-/// Newest first; `before` is the cursor (an id from the previous page).
+/// The model if it belongs to `tenant` (another tenant's model does not exist for the caller).
+pub async fn get_model_of(db: &Db, tenant: &Tenant, id: &str) -> Result<Option<ModelRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {MODEL_COLS} FROM models WHERE id = ? AND tenant_id IS ?"))
+        .bind(id)
+        .bind(tenant.id())
+        .fetch_optional(db)
+        .await
+}
+
+/// The tenant's models, newest first; `before` is the cursor (an id from the previous page).
 pub async fn list_models(
     db: &Db,
+    tenant: &Tenant,
     name: Option<&str>,
     before: Option<&str>,
     limit: i64,
 ) -> Result<Vec<ModelRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {MODEL_COLS} FROM models
-         WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR id < ?2)
+         WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR id < ?2) AND tenant_id IS ?4
          ORDER BY id DESC LIMIT ?3"
     ))
     .bind(name)
     .bind(before)
     .bind(limit)
+    .bind(tenant.id())
     .fetch_all(db)
     .await
 }
 
-pub async fn set_model_spec(db: &Db, id: &str, spec: Option<&str>) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query("UPDATE models SET spec = ? WHERE id = ?").bind(spec).bind(id).execute(db).await?;
+pub async fn set_model_spec(db: &Db, tenant: &Tenant, id: &str, spec: Option<&str>) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("UPDATE models SET spec = ? WHERE id = ? AND tenant_id IS ?")
+        .bind(spec)
+        .bind(id)
+        .bind(tenant.id())
+        .execute(db)
+        .await?;
     Ok(r.rows_affected() == 1)
 }
 
@@ -116,11 +136,15 @@ pub enum DeleteOutcome {
     InUse(String),
 }
 
-async fn delete_unused(db: &Db, table: &str, id: &str) -> Result<DeleteOutcome, sqlx::Error> {
+async fn delete_unused(db: &Db, table: &str, tenant: &Tenant, id: &str) -> Result<DeleteOutcome, sqlx::Error> {
     let mut tx = db.begin().await?;
     // The DELETE takes the write lock first, so no job can be queued against this id between
     // the check and the delete.
-    let deleted = sqlx::query(&format!("DELETE FROM {table} WHERE id = ?")).bind(id).execute(&mut *tx).await?;
+    let deleted = sqlx::query(&format!("DELETE FROM {table} WHERE id = ? AND tenant_id IS ?"))
+        .bind(id)
+        .bind(tenant.id())
+        .execute(&mut *tx)
+        .await?;
     if deleted.rows_affected() == 0 {
         return Ok(DeleteOutcome::NotFound);
     }
@@ -139,8 +163,8 @@ async fn delete_unused(db: &Db, table: &str, id: &str) -> Result<DeleteOutcome, 
     Ok(DeleteOutcome::Deleted)
 }
 
-pub async fn delete_model(db: &Db, id: &str) -> Result<DeleteOutcome, sqlx::Error> {
-    delete_unused(db, "models", id).await
+pub async fn delete_model(db: &Db, tenant: &Tenant, id: &str) -> Result<DeleteOutcome, sqlx::Error> {
+    delete_unused(db, "models", tenant, id).await
 }
 
 pub async fn all_ids(db: &Db, table: &str) -> Result<std::collections::HashSet<String>, sqlx::Error> {
@@ -179,30 +203,42 @@ pub async fn insert_dataset(db: &Db, d: &DatasetRow) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
+/// Any tenant's dataset (workers, the dispatcher). Handlers use [`get_dataset_of`].
 pub async fn get_dataset(db: &Db, id: &str) -> Result<Option<DatasetRow>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {DATASET_COLS} FROM datasets WHERE id = ?")).bind(id).fetch_optional(db).await
 }
 
+/// The dataset if it belongs to `tenant`.
+pub async fn get_dataset_of(db: &Db, tenant: &Tenant, id: &str) -> Result<Option<DatasetRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {DATASET_COLS} FROM datasets WHERE id = ? AND tenant_id IS ?"))
+        .bind(id)
+        .bind(tenant.id())
+        .fetch_optional(db)
+        .await
+}
+
 pub async fn list_datasets(
     db: &Db,
+    tenant: &Tenant,
     name: Option<&str>,
     before: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DatasetRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {DATASET_COLS} FROM datasets
-         WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR id < ?2)
+         WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR id < ?2) AND tenant_id IS ?4
          ORDER BY id DESC LIMIT ?3"
     ))
     .bind(name)
     .bind(before)
     .bind(limit)
+    .bind(tenant.id())
     .fetch_all(db)
     .await
 }
 
-pub async fn delete_dataset(db: &Db, id: &str) -> Result<DeleteOutcome, sqlx::Error> {
-    delete_unused(db, "datasets", id).await
+pub async fn delete_dataset(db: &Db, tenant: &Tenant, id: &str) -> Result<DeleteOutcome, sqlx::Error> {
+    delete_unused(db, "datasets", tenant, id).await
 }
 
 // ---------------------------------------------------------------- jobs
@@ -252,11 +288,21 @@ pub enum InsertJob {
     /// Same idempotency key, different request.
     KeyConflict,
     QueueFull,
+    /// The tenant already has `max_per_tenant` jobs queued or running.
+    QuotaExceeded,
     /// A referenced model or dataset does not exist (any more).
     MissingInput(String),
 }
 
-pub async fn insert_job(db: &Db, j: &NewJob, max_queued: usize) -> Result<InsertJob, sqlx::Error> {
+/// Inserts a queued job unless the queue holds `max_queued` jobs or (when `max_per_tenant` is
+/// set) the job's tenant has that many queued or running. Every input must exist and belong to
+/// the job's tenant.
+pub async fn insert_job(
+    db: &Db,
+    j: &NewJob,
+    max_queued: usize,
+    max_per_tenant: Option<usize>,
+) -> Result<InsertJob, sqlx::Error> {
     let mut tx = db.begin().await?;
     if let Some(key) = &j.idempotency_key {
         let prev: Option<(String, Option<String>)> = sqlx::query_as(
@@ -281,7 +327,8 @@ pub async fn insert_job(db: &Db, j: &NewJob, max_queued: usize) -> Result<Insert
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, kind, status, model_id, params, idempotency_key, request_hash, created_at, tenant_id)
          SELECT ?, ?, 'queued', ?, ?, ?, ?, ?, ?
-         WHERE (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?",
+         WHERE (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?
+           AND (? IS NULL OR (SELECT COUNT(*) FROM jobs WHERE tenant_id IS ? AND status IN ('queued', 'running')) < ?)",
     )
     .bind(&j.id)
     .bind(&j.kind)
@@ -292,18 +339,34 @@ pub async fn insert_job(db: &Db, j: &NewJob, max_queued: usize) -> Result<Insert
     .bind(&now)
     .bind(&j.tenant_id)
     .bind(max_queued as i64)
+    .bind(max_per_tenant.map(|n| n as i64))
+    .bind(&j.tenant_id)
+    .bind(max_per_tenant.map(|n| n as i64))
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
         tx.rollback().await?;
+        if let Some(quota) = max_per_tenant {
+            let (active,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE tenant_id IS ? AND status IN ('queued', 'running')")
+                    .bind(&j.tenant_id)
+                    .fetch_one(db)
+                    .await?;
+            if active >= quota as i64 {
+                return Ok(InsertJob::QuotaExceeded);
+            }
+        }
         return Ok(InsertJob::QueueFull);
     }
     for input in &j.inputs {
-        let exists: Option<(i64,)> =
-            sqlx::query_as("SELECT 1 FROM models WHERE id = ?1 UNION ALL SELECT 1 FROM datasets WHERE id = ?1 LIMIT 1")
-                .bind(input)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let exists: Option<(i64,)> = sqlx::query_as(
+            "SELECT 1 FROM models WHERE id = ?1 AND tenant_id IS ?2
+             UNION ALL SELECT 1 FROM datasets WHERE id = ?1 AND tenant_id IS ?2 LIMIT 1",
+        )
+        .bind(input)
+        .bind(&j.tenant_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         if exists.is_none() {
             tx.rollback().await?;
             return Ok(InsertJob::MissingInput(input.clone()));
@@ -319,8 +382,18 @@ pub async fn insert_job(db: &Db, j: &NewJob, max_queued: usize) -> Result<Insert
     Ok(InsertJob::Inserted(row))
 }
 
+/// Any tenant's job (dispatcher, reporter). Handlers use [`get_job_of`].
 pub async fn get_job(db: &Db, id: &str) -> Result<Option<JobRow>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?")).bind(id).fetch_optional(db).await
+}
+
+/// The job if it belongs to `tenant`.
+pub async fn get_job_of(db: &Db, tenant: &Tenant, id: &str) -> Result<Option<JobRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ? AND tenant_id IS ?"))
+        .bind(id)
+        .bind(tenant.id())
+        .fetch_optional(db)
+        .await
 }
 
 /// Filters for listing jobs.
@@ -333,11 +406,13 @@ pub struct JobFilter<'a> {
     pub limit: i64,
 }
 
-pub async fn list_jobs(db: &Db, f: &JobFilter<'_>) -> Result<Vec<JobRow>, sqlx::Error> {
+/// The tenant's jobs, newest first.
+pub async fn list_jobs(db: &Db, tenant: &Tenant, f: &JobFilter<'_>) -> Result<Vec<JobRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {JOB_COLS} FROM jobs
          WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR kind = ?2)
            AND (?3 IS NULL OR model_id = ?3 OR output_model_id = ?3) AND (?4 IS NULL OR id < ?4)
+           AND tenant_id IS ?6
          ORDER BY id DESC LIMIT ?5"
     ))
     .bind(f.status)
@@ -345,6 +420,7 @@ pub async fn list_jobs(db: &Db, f: &JobFilter<'_>) -> Result<Vec<JobRow>, sqlx::
     .bind(f.model_id)
     .bind(f.before)
     .bind(f.limit)
+    .bind(tenant.id())
     .fetch_all(db)
     .await
 }
@@ -413,11 +489,17 @@ pub async fn finish_job_without_output(
     Ok(())
 }
 
-/// In one transaction: the output model row (if any) and the job's `succeeded` state.
+/// In one transaction: the output model row (if any) and the job's `succeeded` state. The
+/// output belongs to the job's tenant, whatever the row says.
 pub async fn finish_job_success(db: &Db, id: &str, output: Option<&ModelRow>, report: &str) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
     if let Some(m) = output {
         insert_model(&mut *tx, m).await?;
+        sqlx::query("UPDATE models SET tenant_id = (SELECT tenant_id FROM jobs WHERE id = ?) WHERE id = ?")
+            .bind(id)
+            .bind(&m.id)
+            .execute(&mut *tx)
+            .await?;
     }
     sqlx::query(
         "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', output_model_id = ?, report = ?,
@@ -483,27 +565,29 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-pub async fn cancel_job(db: &Db, id: &str) -> Result<CancelOutcome, sqlx::Error> {
+pub async fn cancel_job(db: &Db, tenant: &Tenant, id: &str) -> Result<CancelOutcome, sqlx::Error> {
     let now = now_rfc3339();
     let r = sqlx::query(
         "UPDATE jobs SET status = 'cancelled', finished_at = ?, cancel_requested = 1, stage = 'cancelled'
-         WHERE id = ? AND status = 'queued'",
+         WHERE id = ? AND status = 'queued' AND tenant_id IS ?",
     )
     .bind(&now)
     .bind(id)
+    .bind(tenant.id())
     .execute(db)
     .await?;
     if r.rows_affected() == 1 {
         return Ok(CancelOutcome::Cancelled);
     }
-    let r = sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'")
+    let r = sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running' AND tenant_id IS ?")
         .bind(id)
+        .bind(tenant.id())
         .execute(db)
         .await?;
     if r.rows_affected() == 1 {
         return Ok(CancelOutcome::Requested);
     }
-    Ok(match get_job(db, id).await? {
+    Ok(match get_job_of(db, tenant, id).await? {
         Some(_) => CancelOutcome::AlreadyFinished,
         None => CancelOutcome::NotFound,
     })

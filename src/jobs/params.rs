@@ -286,8 +286,10 @@ fn default_step_ms() -> u64 {
     100
 }
 
-/// Upper bound on epochs of any training job (keeps one request from taking the machine).
-pub const MAX_EPOCHS: usize = 10_000;
+/// Upper bound on epochs of any training phase (train, quantize fine-tuning, distillation):
+/// with `batch_size` ≥ 1 and the dataset bounded by `--max-upload-bytes`, it keeps one request
+/// from holding a worker for days.
+pub const MAX_EPOCHS: usize = 1_000;
 
 fn check_batch(b: usize) -> Result<(), ApiError> {
     if !(1..=65_536).contains(&b) {

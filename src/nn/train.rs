@@ -935,7 +935,12 @@ fn collect_grads(
     let mut out = BTreeMap::new();
     for (name, var) in store.trainable() {
         if let Some(g) = grads.get(var.as_tensor()) {
-            out.insert(name.clone(), g.clone());
+            // candle leaves a variable's gradient attached to the graph it came from (e.g. the
+            // batch-norm affine grads hold the step's activations). The optimizer's moment
+            // tensors are built from these, so without the detach every step's graph stayed
+            // reachable through them: a CNN with batch norm grew ~7 MB per step until training
+            // ended (mnist-cnn: 0.9 GB per epoch).
+            out.insert(name.clone(), g.detach());
         }
     }
     if let Some(max_norm) = clip {

@@ -158,7 +158,13 @@ impl ArtifactStore {
         E: std::fmt::Display,
     {
         let file = self.temp_file("upload");
-        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(file.path()).await?);
+        let mut opts = tokio::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        // Owner-only, like the directories (the data dir is 0700 too; this keeps a copied or
+        // re-permissioned tree private).
+        #[cfg(unix)]
+        opts.mode(0o600);
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, opts.open(file.path()).await?);
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {

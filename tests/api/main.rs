@@ -1,6 +1,7 @@
 //! Integration tests: the real server over HTTP on port 0 with a fresh temp data dir per test.
 //! One binary (fast links); one module per resource.
 
+mod auth;
 mod distill;
 mod engine;
 mod health;
