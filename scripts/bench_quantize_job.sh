@@ -4,6 +4,7 @@
 #      -> quantize job scheme int8: job duration_s (the worker's own clock) and wall time submit->done.
 #   2. MLP 16 x 4096x4096 (1.07 GB f32) -> int8: job time and the server's peak RSS (VmHWM), to
 #      check memory stays ~ 2 x the largest tensor + overhead, whatever the model size.
+# LAYERS="4 16" picks the models.
 # Usage: PYTHON=/path/to/python-with-numpy BIN=target/release/modelpress scripts/bench_quantize_job.sh
 # Needs numpy (e.g. the peers venv: python3 -m venv /tmp/peers && /tmp/peers/bin/pip install numpy).
 set -euo pipefail
@@ -43,7 +44,7 @@ echo "server $URL pid $PID $(nproc) cores; $(grep VmHWM /proc/$PID/status)"
 run() { # layers label
   gen "$1" "$WORK/m.safetensors"
   ls -l "$WORK/m.safetensors" | awk '{print "model file:", $5, "bytes"}'
-  MODEL=$(curl -sf --data-binary @"$WORK/m.safetensors" -H 'Content-Type: application/octet-stream' \
+  MODEL=$(curl -sf -T "$WORK/m.safetensors" -X POST -H "Content-Type: application/octet-stream" \
     "$URL/v1/models?name=$2" | "$PYTHON" -c "import json,sys;print(json.load(sys.stdin)['id'])")
   rm -f "$WORK/m.safetensors"
   sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
@@ -58,5 +59,4 @@ run() { # layers label
   echo "$2 int8 job: status duration_s bytes_before bytes_after = $S; wall submit->done $(echo "$T1 - $T0" | bc) s"
   echo "server peak RSS so far: $(grep VmHWM /proc/$PID/status)"
 }
-run 4 mlp4x4096
-run 16 mlp16x4096
+for L in ${LAYERS:-4 16}; do run "$L" "mlp${L}x4096"; done

@@ -46,6 +46,7 @@ pub struct PredictBody {
     /// `logits` (default), `probabilities` or `top_k`.
     pub output: Option<String>,
     /// Classes per sample for `top_k` (default 5, at most the number of classes).
+    #[schema(minimum = 1, maximum = 100000)]
     pub k: Option<usize>,
 }
 
@@ -78,7 +79,8 @@ pub struct PredictResponse {
 pub struct PredictQuery {
     /// `logits` (default), `probabilities` or `top_k`.
     pub output: Option<String>,
-    /// Classes per sample for `top_k` (default 5).
+    /// Classes per sample for `top_k` (default 5, at most the number of classes).
+    #[param(minimum = 1, maximum = 100000)]
     pub k: Option<usize>,
 }
 

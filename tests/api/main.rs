@@ -3,6 +3,7 @@
 
 mod auth;
 mod distill;
+mod distill_mnist;
 mod engine;
 mod health;
 mod helpers;
