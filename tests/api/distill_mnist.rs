@@ -54,7 +54,9 @@ async fn mnist_cnn_distillation_benchmark() {
 
     // 1. The teacher, trained from random init.
     let teacher_epochs = env_usize("MNIST_TEACHER_EPOCHS", 5);
-    let untrained = upload_untrained(&app, "examples/mnist-cnn-wide.spec.json", "cnn-wide").await;
+    let teacher_spec =
+        std::env::var("MNIST_TEACHER_SPEC").unwrap_or_else(|_| "examples/mnist-cnn-gap.spec.json".into());
+    let untrained = upload_untrained(&app, &teacher_spec, "cnn-teacher").await;
     let train = run_ok(
         &app,
         json!({"kind": "train", "model_id": untrained, "params": {"dataset_id": data, "init": "random",
@@ -65,12 +67,15 @@ async fn mnist_cnn_distillation_benchmark() {
     let teacher = train["output_model_id"].as_str().unwrap().to_string();
     let train_acc = train["report"]["accuracy"].as_f64().unwrap();
     let train_s = train["report"]["duration_s"].as_f64().unwrap_or(f64::NAN);
-    eprintln!("teacher: {teacher_epochs} epochs, test accuracy {train_acc:.4}, train job {train_s:.1} s");
+    eprintln!(
+        "teacher: {teacher_spec}, {teacher_epochs} epochs, test accuracy {train_acc:.4}, train job {train_s:.1} s"
+    );
 
     // 2. The depthwise-separable student derived from it, distilled, and the same student alone.
     let student_epochs = env_usize("MNIST_STUDENT_EPOCHS", 15);
     let baseline = env_usize("MNIST_BASELINE", 1) != 0;
-    let params = json!({"dataset_id": data, "student": {"from_teacher": {"width": 0.25, "depthwise_separable": true}},
+    let width: f64 = std::env::var("MNIST_STUDENT_WIDTH").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    let params = json!({"dataset_id": data, "student": {"from_teacher": {"width": width, "depthwise_separable": true}},
                         "epochs": student_epochs, "batch_size": 32, "lr": 0.003, "schedule": "cosine",
                         "temperature": 4.0, "alpha": 0.9, "seed": 0, "baseline": baseline});
     let job = run_ok(&app, json!({"kind": "distill", "model_id": teacher, "params": params}), 1800).await;
