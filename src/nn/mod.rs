@@ -18,6 +18,7 @@
 
 pub mod data;
 mod dense;
+mod depthwise;
 pub mod distill;
 pub mod eval;
 pub mod model;

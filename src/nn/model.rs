@@ -281,11 +281,7 @@ fn run_node(node: &Node, x: &Tensor) -> candle_core::Result<Tensor> {
             }
         }
         Node::Conv { w, b, stride, padding, dilation, groups } => {
-            let y = if padding.0 == padding.1 {
-                x.conv2d(w, padding.0, *stride, *dilation, *groups)?
-            } else {
-                ops::zero_pad_hw(x, padding.0, padding.1)?.conv2d(w, 0, *stride, *dilation, *groups)?
-            };
+            let y = ops::conv2d(x, w, *padding, *stride, *dilation, *groups)?;
             match b {
                 Some(b) => y.broadcast_add(b),
                 None => Ok(y),

@@ -47,6 +47,83 @@ pub(crate) fn zero_pad_hw(x: &Tensor, ph: usize, pw: usize) -> Result<Tensor> {
     pad_hw(x, ph, pw, 0.0)
 }
 
+/// 2D convolution of an NCHW tensor with PyTorch semantics (`padding` per side for H and W).
+///
+/// Depthwise convolutions (groups = input channels = output channels, the MobileNet block's
+/// first half) do not go through candle's grouped convolution, which runs one tiny convolution
+/// per group (see [`super::depthwise`]): f32 on the CPU uses that module's kernels, anything else
+/// a sum of k² shifted views scaled per channel, built from differentiable ops.
+pub(crate) fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    padding: (usize, usize),
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let (c_out, c_in_per_group, _, _) = w.dims4()?;
+    if groups > 1 && c_in_per_group == 1 && c_out == groups && x.dim(1)? == groups {
+        return if super::depthwise::supported(x, w) {
+            super::depthwise::conv2d(x, w, padding, stride, dilation)
+        } else {
+            depthwise_conv2d(x, w, padding, stride, dilation)
+        };
+    }
+    let (_, _, h, wd) = x.dims4()?;
+    let (ph, pw) = (h + 2 * padding.0, wd + 2 * padding.1);
+    if stride > 1 && ph != pw && (x.track_op() || w.track_op()) {
+        // candle's backward of a strided convolution sizes the input gradient from the height
+        // alone ("shape mismatch in add" on any non-square input). Zero rows/columns appended at
+        // the bottom/right only feed output positions past the real ones, which are cut off.
+        let side = ph.max(pw);
+        let sq =
+            zero_pad_hw(x, padding.0, padding.1)?.pad_with_zeros(2, 0, side - ph)?.pad_with_zeros(3, 0, side - pw)?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let out = |size: usize, k: usize| (size.saturating_sub(dilation * (k - 1) + 1)) / stride + 1;
+        let y = sq.conv2d(w, 0, stride, dilation, groups)?;
+        return y.narrow(2, 0, out(ph, kh))?.narrow(3, 0, out(pw, kw));
+    }
+    if padding.0 == padding.1 {
+        x.conv2d(w, padding.0, stride, dilation, groups)
+    } else {
+        zero_pad_hw(x, padding.0, padding.1)?.conv2d(w, 0, stride, dilation, groups)
+    }
+}
+
+/// `y[n, c] = Σ_{i,j} w[c, 0, i, j] · x_pad[n, c, i·d + s·oy, j·d + s·ox]`, from candle ops (the
+/// fallback for dtypes and devices the custom op does not handle).
+fn depthwise_conv2d(x: &Tensor, w: &Tensor, padding: (usize, usize), stride: usize, dilation: usize) -> Result<Tensor> {
+    let (c, _, kh, kw) = w.dims4()?;
+    let x = zero_pad_hw(x, padding.0, padding.1)?;
+    let (_, _, h, wd) = x.dims4()?;
+    let out = |size: usize, k: usize| {
+        let span = dilation * (k - 1) + 1;
+        if size < span || stride == 0 {
+            Err(candle_core::Error::Msg(format!(
+                "depthwise convolution: padded input {size} is smaller than the kernel span {span}"
+            )))
+        } else {
+            Ok((size - span) / stride + 1)
+        }
+    };
+    let (oh, ow) = (out(h, kh)?, out(wd, kw)?);
+    let taps = w.reshape((c, kh * kw))?.t()?.contiguous()?;
+    let mut acc: Option<Tensor> = None;
+    for i in 0..kh {
+        let rows = strided(&x, 2, i * dilation, oh, stride)?;
+        for j in 0..kw {
+            let win = strided(&rows, 3, j * dilation, ow, stride)?;
+            let tap = taps.narrow(0, i * kw + j, 1)?.reshape((1, c, 1, 1))?;
+            let term = win.broadcast_mul(&tap)?;
+            acc = Some(match acc {
+                None => term,
+                Some(a) => (a + term)?,
+            });
+        }
+    }
+    Ok(acc.expect("kernel sizes are positive"))
+}
+
 /// Max or average pooling with PyTorch semantics (floor mode, −∞ / zero padding counted in the
 /// average). With `differentiable`, the result also has correct gradients: candle's pooling
 /// backward is only right for average pooling whose stride equals the kernel and whose input
@@ -167,6 +244,156 @@ impl Preprocessor {
             Self::Identity => Ok(x),
             Self::Scalar(a, b) => x.affine(*a, *b),
             Self::Channel(a, b) => x.broadcast_mul(a)?.broadcast_add(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::*;
+
+    /// candle's grouped convolution, the reference the depthwise path must reproduce.
+    fn reference(x: &Tensor, w: &Tensor, padding: (usize, usize), stride: usize, dilation: usize) -> Tensor {
+        let c = w.dim(0).unwrap();
+        zero_pad_hw(x, padding.0, padding.1).unwrap().conv2d(w, 0, stride, dilation, c).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Plain loops: the gradients of `Σ up · depthwise(x, w)` with respect to x and w.
+    #[allow(clippy::too_many_arguments)]
+    fn naive_grads(
+        x: &Tensor,
+        w: &Tensor,
+        up: &Tensor,
+        padding: (usize, usize),
+        stride: usize,
+        dilation: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (n, c, h, wd) = x.dims4().unwrap();
+        let (_, _, kh, kw) = w.dims4().unwrap();
+        let (_, _, oh, ow) = up.dims4().unwrap();
+        let (xv, wv, uv) = (
+            x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            up.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let (mut gx, mut gw) = (vec![0f32; xv.len()], vec![0f32; wv.len()]);
+        for b in 0..n {
+            for ch in 0..c {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let u = uv[((b * c + ch) * oh + oy) * ow + ox];
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let (py, px) = (oy * stride + i * dilation, ox * stride + j * dilation);
+                                if py < padding.0 || px < padding.1 || py - padding.0 >= h || px - padding.1 >= wd {
+                                    continue; // a zero of the padding
+                                }
+                                let xi = ((b * c + ch) * h + py - padding.0) * wd + px - padding.1;
+                                let wi = (ch * kh + i) * kw + j;
+                                gw[wi] += u * xv[xi];
+                                gx[xi] += u * wv[wi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (gx, gw)
+    }
+
+    fn close(a: &Tensor, b: &[f32], tol: f32) -> bool {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+    }
+
+    #[test]
+    fn depthwise_matches_grouped_convolution_and_its_gradients() {
+        let dev = Device::Cpu;
+        // (kernel h, kernel w, padding, stride, dilation, input h, input w)
+        let cases = [
+            (3, 3, (1, 1), 1, 1, 7, 7),
+            (3, 3, (0, 0), 1, 1, 6, 5),
+            (3, 3, (1, 1), 2, 1, 8, 7),
+            (5, 3, (2, 0), 1, 1, 6, 6),
+            (3, 3, (2, 2), 1, 2, 5, 6),
+            (1, 1, (0, 0), 2, 1, 5, 5),
+        ];
+        for (n, &(kh, kw, padding, stride, dilation, h, wd)) in cases.iter().enumerate() {
+            let c = 3 + n % 2;
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, c, h, wd), &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (c, 1, kh, kw), &dev).unwrap()).unwrap();
+            let slow = reference(&x.as_tensor().detach(), &w.as_tensor().detach(), padding, stride, dilation);
+            // The custom op (what `conv2d` picks for f32 on the CPU) and the composite fallback.
+            let (xt, wt) = (x.as_tensor(), w.as_tensor());
+            for (name, fast) in [
+                ("custom op", conv2d(xt, wt, padding, stride, dilation, c).unwrap()),
+                ("composite", depthwise_conv2d(xt, wt, padding, stride, dilation).unwrap()),
+            ] {
+                assert!(max_diff(&fast, &slow) < 1e-5, "case {n}, {name}: forward differs from candle's grouped conv");
+                // Gradients against plain loops (candle's own grouped-conv backward fails on
+                // strided non-square inputs: its transposed convolution comes out one column short).
+                let up = Tensor::randn(0f32, 1.0, fast.dims(), &dev).unwrap();
+                let grads = (fast * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                let (gx, gw) = naive_grads(xt, wt, &up, padding, stride, dilation);
+                assert!(close(grads.get(xt).unwrap(), &gx, 1e-4), "case {n}, {name}: gradient wrt x differs");
+                assert!(close(grads.get(wt).unwrap(), &gw, 1e-4), "case {n}, {name}: gradient wrt w differs");
+            }
+        }
+        // Non-contiguous input (a transposed view) goes through the custom op too.
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 6, 5), &dev).unwrap().transpose(2, 3).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (3, 1, 3, 3), &dev).unwrap();
+        let y = conv2d(&x, &w, (1, 1), 1, 1, 3).unwrap();
+        assert!(max_diff(&y, &reference(&x, &w, (1, 1), 1, 1)) < 1e-5);
+    }
+
+    #[test]
+    fn other_convolutions_keep_candles_path_and_bad_shapes_fail_cleanly() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (1, 4, 5, 5), &dev).unwrap();
+        // Grouped but not depthwise (2 groups of 2 channels), and a channel multiplier of 2.
+        for (w_shape, groups) in [((4, 2, 3, 3), 2), ((8, 1, 3, 3), 4)] {
+            let w = Tensor::randn(0f32, 1.0, w_shape, &dev).unwrap();
+            let y = conv2d(&x, &w, (1, 1), 1, 1, groups).unwrap();
+            let r = x.conv2d(&w, 1, 1, 1, groups).unwrap();
+            assert_eq!(max_diff(&y, &r), 0.0);
+        }
+        // A kernel wider than the padded input is an error, not a panic.
+        let w = Tensor::randn(0f32, 1.0, (4, 1, 7, 7), &dev).unwrap();
+        assert!(conv2d(&x, &w, (0, 0), 1, 1, 4).is_err());
+    }
+
+    #[test]
+    fn strided_convolution_trains_on_non_square_inputs() {
+        // One channel and groups 1: the same arithmetic as a depthwise convolution, so the loop
+        // reference applies.
+        let dev = Device::Cpu;
+        for (h, wd, padding) in [(8, 7, (1, 1)), (6, 9, (0, 1)), (9, 9, (1, 0))] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 1, h, wd), &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 1, 3, 3), &dev).unwrap()).unwrap();
+            let y = conv2d(x.as_tensor(), w.as_tensor(), padding, 2, 1, 1).unwrap();
+            let plain = zero_pad_hw(&x.as_tensor().detach(), padding.0, padding.1)
+                .unwrap()
+                .conv2d(&w.as_tensor().detach(), 0, 2, 1, 1)
+                .unwrap();
+            assert!(max_diff(&y, &plain) < 1e-5, "{h}x{wd}: forward differs");
+            let up = Tensor::randn(0f32, 1.0, y.dims(), &dev).unwrap();
+            let grads = (y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let (gx, gw) = naive_grads(x.as_tensor(), w.as_tensor(), &up, padding, 2, 1);
+            assert!(close(grads.get(x.as_tensor()).unwrap(), &gx, 1e-4), "{h}x{wd}: gradient wrt x differs");
+            assert!(close(grads.get(w.as_tensor()).unwrap(), &gw, 1e-4), "{h}x{wd}: gradient wrt w differs");
+            // A stem convolution reads raw data that needs no gradient; candle's backward still
+            // builds the input's gradient, so it needs the same detour.
+            let raw = x.as_tensor().detach();
+            let y = conv2d(&raw, w.as_tensor(), padding, 2, 1, 1).unwrap();
+            let grads = (y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(close(grads.get(w.as_tensor()).unwrap(), &gw, 1e-4), "{h}x{wd}: stem kernel gradient differs");
         }
     }
 }

@@ -727,11 +727,7 @@ fn forward_node(node: &TNode, x: &Tensor, ctx: &mut Ctx<'_>) -> Result<Tensor, N
         }
         TNode::Conv { w, b, stride, padding, dilation, groups } => {
             let w = ctx.weight(w)?;
-            let y = if padding.0 == padding.1 {
-                x.conv2d(&w, padding.0, *stride, *dilation, *groups)?
-            } else {
-                ops::zero_pad_hw(x, padding.0, padding.1)?.conv2d(&w, 0, *stride, *dilation, *groups)?
-            };
+            let y = ops::conv2d(x, &w, *padding, *stride, *dilation, *groups)?;
             match b {
                 Some(b) => {
                     let b = ctx.weight(b)?;
