@@ -228,7 +228,10 @@ fn large_int8_layers_run_on_q8_0_with_an_f32_twin() {
     // Reference: the exact dequantized values through the engine (what `evaluate` runs).
     let exact = crate::artifact::load_params(&path, crate::artifact::LoadMode::Dequantized).unwrap();
     let reference = Network::new(&spec, exact).unwrap();
-    let x = Tensor::randn(0f32, 1f32, (16, 256), &Device::Cpu).unwrap();
+    // A fixed input: the Q8_0 error depends on it, and an unseeded draw made the bound flaky.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(11);
+    let xs: Vec<f32> = (0..16 * 256).map(|_| rand::Rng::random_range(&mut rng, -1.7f32..1.7)).collect();
+    let x = Tensor::from_vec(xs, (16, 256), &Device::Cpu).unwrap();
     let want = reference.forward(&x).unwrap().to_vec2::<f32>().unwrap();
     for rows in [1usize, 16] {
         let got = served.network_for(rows).forward(&x.narrow(0, 0, rows).unwrap()).unwrap().to_vec2::<f32>().unwrap();

@@ -158,9 +158,10 @@ impl CustomOp2 for Depthwise {
     fn bwd(&self, x: &Tensor, k: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = self.geometry(x.dims(), k.dims())?;
         let grad = grad.contiguous()?;
-        let gx = grad.apply_op2_no_bwd(k, &GradInput(g))?;
-        let gk = x.apply_op2_no_bwd(&grad, &GradKernel(g))?;
-        Ok((Some(gx), Some(gk)))
+        // The stem's input (the data) needs no gradient.
+        let gx = if x.track_op() { Some(grad.apply_op2_no_bwd(k, &GradInput(g))?) } else { None };
+        let gk = if k.track_op() { Some(x.apply_op2_no_bwd(&grad, &GradKernel(g))?) } else { None };
+        Ok((gx, gk))
     }
 }
 

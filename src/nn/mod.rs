@@ -16,6 +16,7 @@
 //! - [`eval`]: accuracy/loss/confusion reports and network-vs-network comparison.
 //! - [`data`]: dataset splits loaded from safetensors.
 
+mod conv;
 pub mod data;
 mod dense;
 mod depthwise;

@@ -52,7 +52,9 @@ pub(crate) fn zero_pad_hw(x: &Tensor, ph: usize, pw: usize) -> Result<Tensor> {
 /// Depthwise convolutions (groups = input channels = output channels, the MobileNet block's
 /// first half) do not go through candle's grouped convolution, which runs one tiny convolution
 /// per group (see [`super::depthwise`]): f32 on the CPU uses that module's kernels, anything else
-/// a sum of k² shifted views scaled per channel, built from differentiable ops.
+/// a sum of k² shifted views scaled per channel, built from differentiable ops. Other
+/// convolutions that need a gradient (training) go through [`super::conv`]'s faster backward;
+/// inference calls candle's convolution directly.
 pub(crate) fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -69,19 +71,16 @@ pub(crate) fn conv2d(
             depthwise_conv2d(x, w, padding, stride, dilation)
         };
     }
-    let (_, _, h, wd) = x.dims4()?;
-    let (ph, pw) = (h + 2 * padding.0, wd + 2 * padding.1);
-    if stride > 1 && ph != pw && (x.track_op() || w.track_op()) {
-        // candle's backward of a strided convolution sizes the input gradient from the height
-        // alone ("shape mismatch in add" on any non-square input). Zero rows/columns appended at
-        // the bottom/right only feed output positions past the real ones, which are cut off.
-        let side = ph.max(pw);
-        let sq =
-            zero_pad_hw(x, padding.0, padding.1)?.pad_with_zeros(2, 0, side - ph)?.pad_with_zeros(3, 0, side - pw)?;
-        let (_, _, kh, kw) = w.dims4()?;
-        let out = |size: usize, k: usize| (size.saturating_sub(dilation * (k - 1) + 1)) / stride + 1;
-        let y = sq.conv2d(w, 0, stride, dilation, groups)?;
-        return y.narrow(2, 0, out(ph, kh))?.narrow(3, 0, out(pw, kw));
+    if (x.track_op() || w.track_op()) && super::conv::supported(x, w) {
+        // Training: candle's own backward is slow and fails on strided non-square inputs.
+        let x = zero_pad_hw(x, padding.0, padding.1)?;
+        if groups == 1 {
+            return super::conv::conv2d(&x, w, stride, dilation);
+        }
+        let (xs, ws) = (x.chunk(groups, 1)?, w.chunk(groups, 0)?);
+        let ys =
+            xs.iter().zip(&ws).map(|(x, w)| super::conv::conv2d(x, w, stride, dilation)).collect::<Result<Vec<_>>>()?;
+        return Tensor::cat(&ys, 1);
     }
     if padding.0 == padding.1 {
         x.conv2d(w, padding.0, stride, dilation, groups)
@@ -371,8 +370,8 @@ mod tests {
 
     #[test]
     fn strided_convolution_trains_on_non_square_inputs() {
-        // One channel and groups 1: the same arithmetic as a depthwise convolution, so the loop
-        // reference applies.
+        // candle's backward fails here ("shape mismatch in add"). One channel and groups 1: the
+        // same arithmetic as a depthwise convolution, so the loop reference applies.
         let dev = Device::Cpu;
         for (h, wd, padding) in [(8, 7, (1, 1)), (6, 9, (0, 1)), (9, 9, (1, 0))] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 1, h, wd), &dev).unwrap()).unwrap();
@@ -394,6 +393,42 @@ mod tests {
             let y = conv2d(&raw, w.as_tensor(), padding, 2, 1, 1).unwrap();
             let grads = (y * &up).unwrap().sum_all().unwrap().backward().unwrap();
             assert!(close(grads.get(w.as_tensor()).unwrap(), &gw, 1e-4), "{h}x{wd}: stem kernel gradient differs");
+        }
+    }
+
+    #[test]
+    fn training_convolutions_match_candles_gradients() {
+        // Square inputs, where candle's own (slow) backward is right: the fast backward of
+        // `conv::Conv` must give the same input and kernel gradients.
+        let dev = Device::Cpu;
+        // (in, out, kh, kw, padding, stride, dilation, groups, size)
+        let cases = [
+            (3, 4, 3, 3, 1, 1, 1, 1, 6),
+            (3, 4, 3, 3, 1, 2, 1, 1, 7),
+            (2, 5, 3, 3, 2, 1, 2, 1, 6),
+            (2, 3, 5, 5, 2, 2, 1, 1, 9),
+            (3, 2, 3, 1, 1, 1, 1, 1, 5),
+            (4, 6, 3, 3, 1, 1, 1, 2, 6),
+            (1, 4, 3, 3, 0, 3, 1, 1, 8),
+        ];
+        for (n, &(ci, co, kh, kw, p, stride, dilation, groups, size)) in cases.iter().enumerate() {
+            let xv = Tensor::randn(0f32, 1.0, (2, ci, size, size), &dev).unwrap();
+            let wv = Tensor::randn(0f32, 1.0, (co, ci / groups, kh, kw), &dev).unwrap();
+            let (x, w) = (Var::from_tensor(&xv).unwrap(), Var::from_tensor(&wv).unwrap());
+            let (x2, w2) = (Var::from_tensor(&xv).unwrap(), Var::from_tensor(&wv).unwrap());
+            let ours = conv2d(x.as_tensor(), w.as_tensor(), (p, p), stride, dilation, groups).unwrap();
+            let theirs = x2.as_tensor().conv2d(w2.as_tensor(), p, stride, dilation, groups).unwrap();
+            assert!(max_diff(&ours, &theirs) < 1e-4, "case {n}: forward differs");
+            let up = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+            let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (theirs * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let dx = max_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x2.as_tensor()).unwrap());
+            let dw = max_diff(g1.get(w.as_tensor()).unwrap(), g2.get(w2.as_tensor()).unwrap());
+            assert!(dx < 1e-3 && dw < 1e-3, "case {n}: gradients differ by {dx} (input) / {dw} (kernel)");
+            // A stem reading data: no input gradient is computed, the kernel's is the same.
+            let stem = conv2d(&xv, w.as_tensor(), (p, p), stride, dilation, groups).unwrap();
+            let g3 = (stem * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(max_diff(g3.get(w.as_tensor()).unwrap(), g2.get(w2.as_tensor()).unwrap()) < 1e-3);
         }
     }
 }

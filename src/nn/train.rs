@@ -1454,7 +1454,7 @@ mod tests {
     /// sees nor any state it carries into the next step may track a graph.
     #[test]
     fn optimizer_state_holds_no_graph_across_steps() {
-        let spec = spec(
+        let cnn = spec(
             r#"{"format": "modelpress.spec", "version": 1, "input": {"shape": [1, 6, 6]}, "output": {"classes": 3},
                 "layers": [{"type": "conv2d", "name": "conv", "in_channels": 1, "out_channels": 4, "kernel_size": 3,
                             "padding": 1, "bias": false},
@@ -1465,14 +1465,38 @@ mod tests {
                            {"type": "flatten"},
                            {"type": "linear", "name": "fc", "in_features": 144, "out_features": 3}]}"#,
         );
-        let store = param_store(&spec, &init_params(&spec, 0).unwrap()).unwrap();
-        let graph = build_graph(&spec.layers, "", Slot::Top, &spec.input.shape).unwrap();
+        let sgd = OptimizerConfig::Sgd { lr: 1e-2, momentum: 0.9, nesterov: true, weight_decay: 1e-4 };
+
+        // 1. The mechanism, on a variable multiplied by a graph-tracking tensor: its raw gradient
+        //    tracks the graph (candle detaches intermediate nodes' gradients, not variables').
+        let tiny = spec(
+            r#"{"format": "modelpress.spec", "version": 1, "input": {"shape": [3]}, "output": {"classes": 3},
+                "layers": [{"type": "linear", "name": "fc", "in_features": 3, "out_features": 3}]}"#,
+        );
+        let store = param_store(&tiny, &init_params(&tiny, 0).unwrap()).unwrap();
+        let (w, b) = (store.get("fc.weight").unwrap(), store.get("fc.bias").unwrap());
+        for opt_cfg in [adamw(1e-2), sgd.clone()] {
+            let mut opt = Optimizer::new(opt_cfg);
+            for _ in 0..3 {
+                let loss = w.as_tensor().broadcast_mul(&b.as_tensor().exp().unwrap()).unwrap().sum_all().unwrap();
+                let raw = loss.backward().unwrap();
+                assert!(raw.get(w.as_tensor()).is_some_and(|g| g.track_op()), "premise: a graph-tracking gradient");
+                let grads = collect_grads(&store, &raw, None).unwrap();
+                assert!(grads.values().all(|g| !g.track_op()), "collect_grads returned graph-tracking gradients");
+                opt.apply(&store, &grads, 1e-2).unwrap();
+                for (k, t) in &opt.state {
+                    assert!(!t.track_op(), "optimizer state {k} keeps a graph alive");
+                }
+            }
+        }
+
+        // 2. A batch-norm CNN trained a few steps the way `train` does, with clipping.
+        let store = param_store(&cnn, &init_params(&cnn, 0).unwrap()).unwrap();
+        let graph = build_graph(&cnn.layers, "", Slot::Top, &cnn.input.shape).unwrap();
         let x = Tensor::randn(0f32, 1.0, (5, 1, 6, 6), &Device::Cpu).unwrap();
         let y = Tensor::new(&[0u32, 1, 2, 1, 0], &Device::Cpu).unwrap();
         let mut rng = rng_for(0, STREAM_DROPOUT, 0);
-        for opt_cfg in
-            [adamw(1e-2), OptimizerConfig::Sgd { lr: 1e-2, momentum: 0.9, nesterov: true, weight_decay: 1e-4 }]
-        {
+        for opt_cfg in [adamw(1e-2), sgd] {
             let mut opt = Optimizer::new(opt_cfg);
             for _ in 0..3 {
                 let logits = {
@@ -1480,12 +1504,7 @@ mod tests {
                     forward(&graph, &x, &mut ctx).unwrap()
                 };
                 let loss = cross_entropy(&logits, &y, OutputKind::Logits).unwrap();
-                let raw = loss.backward().unwrap();
-                // The premise: what backward() returns does carry the graph. candle detaches the
-                // gradients of intermediate nodes but not of variables, and conv2's kernel gradient
-                // is computed from the first block's (graph-tracking) activations.
-                assert!(store.trainable().any(|(_, v)| raw.get(v.as_tensor()).is_some_and(|g| g.track_op())));
-                let grads = collect_grads(&store, &raw, Some(1.0)).unwrap();
+                let grads = collect_grads(&store, &loss.backward().unwrap(), Some(1.0)).unwrap();
                 assert!(grads.values().all(|g| !g.track_op()), "collect_grads returned graph-tracking gradients");
                 opt.apply(&store, &grads, 1e-2).unwrap();
                 for (k, t) in &opt.state {
