@@ -1,6 +1,7 @@
 //! Benchmarks of the execution engine (`modelpress::nn`): inference latency of the digits
-//! teacher, training throughput of the digits MLP and of the small MNIST CNN, and a one-shot
-//! full MNIST CNN training run (time to ≥ 95 % test accuracy).
+//! teacher, training throughput of the digits MLP and of the small MNIST CNN, the distillation
+//! pair (conv-heavy GAP teacher and its depthwise-separable student: training and forward), and
+//! a one-shot full MNIST CNN training run (time to ≥ 95 % test accuracy).
 //!
 //! Run: `cargo bench --bench nn`. Thread counts follow candle's defaults (`RAYON_NUM_THREADS`
 //! to pin them). Set `NN_BENCH_SKIP_FULL=1` to skip the one-shot MNIST run.
@@ -11,6 +12,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use modelpress::nn::distill::{derive_student, StudentTemplate};
 use modelpress::nn::{
     evaluate, train, Dataset, Init, LrSchedule, ModelSpec, Network, NoHooks, OptimizerConfig, Split, TrainConfig,
 };
@@ -77,6 +79,41 @@ fn train_one_epoch(c: &mut Criterion) {
     group.finish();
 }
 
+/// The mnist5k distillation pair: `examples/mnist-cnn-gap.spec.json` (24k parameters, most in
+/// convolutions) and the student derived with `{"width": 1, "depthwise_separable": true}` (4.1k).
+/// Training goes through the custom convolution backward passes, forward through the depthwise
+/// kernel (`src/nn/depthwise.rs`) and candle's convolution.
+fn distill_pair(c: &mut Criterion) {
+    let teacher = spec("mnist-cnn-gap");
+    let template = StudentTemplate { width: 1.0, depthwise_separable: true, depth: None };
+    let student = derive_student(&teacher, &template).expect("student derives");
+    let mnist = dataset("mnist5k").train.expect("train split").head(512).expect("head");
+    let cfg = TrainConfig { epochs: 1, batch_size: 32, optimizer: adamw(3e-3), ..Default::default() };
+
+    let mut group = c.benchmark_group("train_epoch");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(mnist.len() as u64));
+    let mut trained = Vec::new();
+    for (name, s) in [("mnist_gap_teacher_512_bs32", &teacher), ("mnist_ds_student_512_bs32", &student)] {
+        group.bench_function(name, |b| b.iter(|| train(s, &mnist, &cfg, Init::Random, &mut NoHooks).expect("train")));
+        trained.push(train(s, &mnist, &cfg, Init::Random, &mut NoHooks).expect("train").params);
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("mnist_distill_pair_forward");
+    for ((name, s), params) in [("teacher", &teacher), ("student", &student)].into_iter().zip(&trained) {
+        let net = Network::from_tensors(s, params).expect("builds");
+        for batch in [1usize, 64] {
+            let x = mnist.x.narrow(0, 0, batch).expect("batch");
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_with_input(BenchmarkId::new(name, batch), &x, |b, x| {
+                b.iter(|| net.forward(x).expect("forward"))
+            });
+        }
+    }
+    group.finish();
+}
+
 /// One full run of the MNIST CNN recipe used in the (ignored) unit test, timed once.
 fn mnist_full_run(_c: &mut Criterion) {
     if std::env::var_os("NN_BENCH_SKIP_FULL").is_some() {
@@ -106,5 +143,5 @@ fn mnist_full_run(_c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, teacher_forward, train_one_epoch, mnist_full_run);
+criterion_group!(benches, teacher_forward, train_one_epoch, distill_pair, mnist_full_run);
 criterion_main!(benches);
