@@ -1661,7 +1661,7 @@ mod tests {
         let mut specs: Vec<ModelSpec> =
             examples.split("```json").skip(1).map(|block| spec(&block[..block.find("```").unwrap()])).collect();
         assert_eq!(specs.len(), 3);
-        for name in ["digits-mlp", "digits-student", "mnist-cnn", "mnist-cnn-wide", "mnist-cnn-gap"] {
+        for name in ["digits-mlp", "digits-student", "mnist-cnn", "mnist-cnn-wide", "mnist-cnn-gap", "mnist-cnn-deep"] {
             let json = std::fs::read(format!("{root}/examples/{name}.spec.json")).unwrap();
             specs.push(ModelSpec::from_json(&json).unwrap());
         }

@@ -1,18 +1,19 @@
 //! Issue 6's mnist5k target, as a benchmark through the API: train a CNN teacher
-//! (`examples/mnist-cnn-gap.spec.json`: three conv blocks and global average pooling, 24k
+//! (`examples/mnist-cnn-deep.spec.json`: five conv layers and global average pooling, 70k
 //! parameters, nearly all in convolutions) from random init with a `train` job, then distill it
 //! into the depthwise-separable student derived from it
-//! (`{"from_teacher": {"width": 1, "depthwise_separable": true}}`, 4.1k parameters, 5.9× fewer)
+//! (`{"from_teacher": {"width": 1, "depthwise_separable": true}}`, 10.5k parameters, 6.7× fewer)
 //! with Hinton's loss, reporting the same student trained alone on the same budget.
 //! Goal: student ≤ 1/5 of the teacher's parameters and within 1 point of its test accuracy.
 //!
-//! Slow (about 15 minutes on 2 cores), so ignored by default:
+//! Slow (about 25 minutes on 2 cores), so ignored by default:
 //! `cargo test --test api distill_mnist -- --ignored --nocapture`.
 //! `MNIST_TEACHER_EPOCHS` (10) / `MNIST_STUDENT_EPOCHS` (30) override the epoch budgets;
 //! `MNIST_BASELINE=0` skips the student-alone run (half the distill job's time);
-//! `MNIST_TEACHER_SPEC` / `MNIST_STUDENT_WIDTH` try another teacher or student width (the
-//! earlier `examples/mnist-cnn-wide.spec.json` keeps most of its parameters in a 1568×10
-//! classifier, so a student with 1/5 of them had to drop to width 0.25 and missed the goal).
+//! `MNIST_TEACHER_SPEC` / `MNIST_STUDENT_WIDTH` try another teacher or student width
+//! (`examples/mnist-cnn-gap.spec.json` is a three-layer variant; the earlier
+//! `examples/mnist-cnn-wide.spec.json` keeps most of its parameters in a 1568×10 classifier, so a
+//! student with 1/5 of them had to drop to width 0.25 and missed the goal).
 
 use serde_json::{json, Value};
 
@@ -59,7 +60,7 @@ async fn mnist_cnn_distillation_benchmark() {
     // 1. The teacher, trained from random init.
     let teacher_epochs = env_usize("MNIST_TEACHER_EPOCHS", 10);
     let teacher_spec =
-        std::env::var("MNIST_TEACHER_SPEC").unwrap_or_else(|_| "examples/mnist-cnn-gap.spec.json".into());
+        std::env::var("MNIST_TEACHER_SPEC").unwrap_or_else(|_| "examples/mnist-cnn-deep.spec.json".into());
     let untrained = upload_untrained(&app, &teacher_spec, "cnn-teacher").await;
     let train = run_ok(
         &app,
