@@ -1,13 +1,14 @@
 //! Standard (groups = 1) 2D convolution for training: candle's forward, a faster backward.
 //!
-//! candle computes a convolution's input gradient with `conv_transpose2d`, whose CPU kernel is a
-//! direct loop: on the mnist CNN layers it took 4–8× the forward pass (16→32 channels, 14×14,
-//! batch 32: 34.7 ms against 4.3 ms forward), and it runs even for the stem, whose input is the
-//! data and needs no gradient. It also sizes that gradient from the height alone, so a strided
-//! convolution on a non-square input failed with "shape mismatch in add". Here the input gradient
-//! is a stride-1 convolution (candle's im2col + gemm) of the zero-dilated output gradient with
-//! the flipped, transposed kernel (7.7 ms on the layer above), computed only when the input
-//! needs it; the kernel gradient is candle's formula.
+//! candle computes a convolution's input gradient with `conv_transpose2d` and sizes it from the
+//! height alone, so a strided convolution on a non-square input failed with "shape mismatch in
+//! add": such models could not be trained, fine-tuned or distilled. It also builds that gradient
+//! for the stem, whose input is the data and needs none. Here the input gradient is a stride-1
+//! convolution (candle's im2col + gemm) of the zero-dilated output gradient with the flipped,
+//! transposed kernel, computed only when the input needs it; the kernel gradient is candle's
+//! formula. Speed: the same as candle's in a release build (mnist teacher epoch unchanged), 4–8×
+//! faster per layer in the test build, where candle's direct `conv_transpose2d` loop runs with
+//! debug assertions (the mnist teacher's train job went from 346 s to 127 s there).
 //!
 //! Inputs arrive already padded (see [`super::ops::conv2d`]), so the op itself has no padding.
 //! Only used when a gradient is needed; inference calls candle's `conv2d` directly. Runs on the

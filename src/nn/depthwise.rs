@@ -2,11 +2,12 @@
 //! MobileNet block) as a candle custom op with its own backward pass, for f32 tensors on the CPU.
 //!
 //! Why: candle runs a grouped convolution as one tiny convolution per group plus a concat, in the
-//! forward pass and again in backward. The depthwise-separable mnist student (4.1k parameters)
-//! served 3.7× slower than its 24k-parameter teacher that way (2.0 vs 0.53 ms per sample), and a
-//! 16-channel 14×14 layer took 3.2 ms forward + backward at batch 1 (≈ 85 ms at batch 32). The
-//! direct loops here do the same arithmetic without the per-group overhead. candle's grouped
-//! backward also fails on strided non-square inputs; these kernels do not.
+//! forward pass and again in backward. With it the depthwise-separable mnist student (4.1k
+//! parameters) was no faster than its 24k-parameter teacher: 375 vs 324 µs per sample in a
+//! release build, 2.0 vs 0.53 ms in the test build (where candle has debug assertions on). The
+//! direct loops here do the same arithmetic without the per-group overhead: the student now
+//! takes 182 µs (docs/benchmarks.md). candle's grouped backward also fails on strided non-square
+//! inputs; these kernels do not.
 //!
 //! Pure compute, no threads of its own: runs on whatever thread runs the forward pass (an
 //! inference thread or a job's worker thread).

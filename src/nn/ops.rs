@@ -53,8 +53,9 @@ pub(crate) fn zero_pad_hw(x: &Tensor, ph: usize, pw: usize) -> Result<Tensor> {
 /// first half) do not go through candle's grouped convolution, which runs one tiny convolution
 /// per group (see [`super::depthwise`]): f32 on the CPU uses that module's kernels, anything else
 /// a sum of k² shifted views scaled per channel, built from differentiable ops. Other
-/// convolutions that need a gradient (training) go through [`super::conv`]'s faster backward;
-/// inference calls candle's convolution directly.
+/// convolutions that need a gradient (training) go through [`super::conv`]'s own backward
+/// (right on strided non-square inputs, no input gradient for the data); inference calls
+/// candle's convolution directly.
 pub(crate) fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -72,7 +73,7 @@ pub(crate) fn conv2d(
         };
     }
     if (x.track_op() || w.track_op()) && super::conv::supported(x, w) {
-        // Training: candle's own backward is slow and fails on strided non-square inputs.
+        // Training: candle's own backward fails on strided non-square inputs.
         let x = zero_pad_hw(x, padding.0, padding.1)?;
         if groups == 1 {
             return super::conv::conv2d(&x, w, stride, dilation);
