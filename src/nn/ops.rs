@@ -51,9 +51,8 @@ pub(crate) fn zero_pad_hw(x: &Tensor, ph: usize, pw: usize) -> Result<Tensor> {
 ///
 /// Depthwise convolutions (groups = input channels = output channels, the MobileNet block's
 /// first half) do not go through candle's grouped convolution, which runs one tiny convolution
-/// per group (see [`super::depthwise`]): f32 on the CPU uses that module's kernels, anything else
-/// a sum of k² shifted views scaled per channel, built from differentiable ops. Other
-/// convolutions that need a gradient (training) go through [`super::conv`]'s own backward
+/// per group (see [`super::depthwise`]); the engine computes in f32 on the CPU, which is what
+/// that module's kernels take (anything else falls through to candle). Other convolutions that need a gradient (training) go through [`super::conv`]'s own backward
 /// (right on strided non-square inputs, no input gradient for the data); inference calls
 /// candle's convolution directly.
 pub(crate) fn conv2d(
@@ -65,12 +64,9 @@ pub(crate) fn conv2d(
     groups: usize,
 ) -> Result<Tensor> {
     let (c_out, c_in_per_group, _, _) = w.dims4()?;
-    if groups > 1 && c_in_per_group == 1 && c_out == groups && x.dim(1)? == groups {
-        return if super::depthwise::supported(x, w) {
-            super::depthwise::conv2d(x, w, padding, stride, dilation)
-        } else {
-            depthwise_conv2d(x, w, padding, stride, dilation)
-        };
+    let depthwise = groups > 1 && c_in_per_group == 1 && c_out == groups && x.dim(1)? == groups;
+    if depthwise && super::depthwise::supported(x, w) {
+        return super::depthwise::conv2d(x, w, padding, stride, dilation);
     }
     if (x.track_op() || w.track_op()) && super::conv::supported(x, w) {
         // Training: candle's own backward fails on strided non-square inputs.
@@ -88,40 +84,6 @@ pub(crate) fn conv2d(
     } else {
         zero_pad_hw(x, padding.0, padding.1)?.conv2d(w, 0, stride, dilation, groups)
     }
-}
-
-/// `y[n, c] = Σ_{i,j} w[c, 0, i, j] · x_pad[n, c, i·d + s·oy, j·d + s·ox]`, from candle ops (the
-/// fallback for dtypes and devices the custom op does not handle).
-fn depthwise_conv2d(x: &Tensor, w: &Tensor, padding: (usize, usize), stride: usize, dilation: usize) -> Result<Tensor> {
-    let (c, _, kh, kw) = w.dims4()?;
-    let x = zero_pad_hw(x, padding.0, padding.1)?;
-    let (_, _, h, wd) = x.dims4()?;
-    let out = |size: usize, k: usize| {
-        let span = dilation * (k - 1) + 1;
-        if size < span || stride == 0 {
-            Err(candle_core::Error::Msg(format!(
-                "depthwise convolution: padded input {size} is smaller than the kernel span {span}"
-            )))
-        } else {
-            Ok((size - span) / stride + 1)
-        }
-    };
-    let (oh, ow) = (out(h, kh)?, out(wd, kw)?);
-    let taps = w.reshape((c, kh * kw))?.t()?.contiguous()?;
-    let mut acc: Option<Tensor> = None;
-    for i in 0..kh {
-        let rows = strided(&x, 2, i * dilation, oh, stride)?;
-        for j in 0..kw {
-            let win = strided(&rows, 3, j * dilation, ow, stride)?;
-            let tap = taps.narrow(0, i * kw + j, 1)?.reshape((1, c, 1, 1))?;
-            let term = win.broadcast_mul(&tap)?;
-            acc = Some(match acc {
-                None => term,
-                Some(a) => (a + term)?,
-            });
-        }
-    }
-    Ok(acc.expect("kernel sizes are positive"))
 }
 
 /// Max or average pooling with PyTorch semantics (floor mode, −∞ / zero padding counted in the
@@ -330,21 +292,16 @@ mod tests {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, c, h, wd), &dev).unwrap()).unwrap();
             let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (c, 1, kh, kw), &dev).unwrap()).unwrap();
             let slow = reference(&x.as_tensor().detach(), &w.as_tensor().detach(), padding, stride, dilation);
-            // The custom op (what `conv2d` picks for f32 on the CPU) and the composite fallback.
             let (xt, wt) = (x.as_tensor(), w.as_tensor());
-            for (name, fast) in [
-                ("custom op", conv2d(xt, wt, padding, stride, dilation, c).unwrap()),
-                ("composite", depthwise_conv2d(xt, wt, padding, stride, dilation).unwrap()),
-            ] {
-                assert!(max_diff(&fast, &slow) < 1e-5, "case {n}, {name}: forward differs from candle's grouped conv");
-                // Gradients against plain loops (candle's own grouped-conv backward fails on
-                // strided non-square inputs: its transposed convolution comes out one column short).
-                let up = Tensor::randn(0f32, 1.0, fast.dims(), &dev).unwrap();
-                let grads = (fast * &up).unwrap().sum_all().unwrap().backward().unwrap();
-                let (gx, gw) = naive_grads(xt, wt, &up, padding, stride, dilation);
-                assert!(close(grads.get(xt).unwrap(), &gx, 1e-4), "case {n}, {name}: gradient wrt x differs");
-                assert!(close(grads.get(wt).unwrap(), &gw, 1e-4), "case {n}, {name}: gradient wrt w differs");
-            }
+            let fast = conv2d(xt, wt, padding, stride, dilation, c).unwrap();
+            assert!(max_diff(&fast, &slow) < 1e-5, "case {n}: forward differs from candle's grouped conv");
+            // Gradients against plain loops (candle's own grouped-conv backward fails on strided
+            // non-square inputs: its transposed convolution comes out one column short).
+            let up = Tensor::randn(0f32, 1.0, fast.dims(), &dev).unwrap();
+            let grads = (fast * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let (gx, gw) = naive_grads(xt, wt, &up, padding, stride, dilation);
+            assert!(close(grads.get(xt).unwrap(), &gx, 1e-4), "case {n}: gradient wrt x differs");
+            assert!(close(grads.get(wt).unwrap(), &gw, 1e-4), "case {n}: gradient wrt w differs");
         }
         // Non-contiguous input (a transposed view) goes through the custom op too.
         let x = Tensor::randn(0f32, 1.0, (2, 3, 6, 5), &dev).unwrap().transpose(2, 3).unwrap();
