@@ -1,12 +1,11 @@
-//! Errors at the HTTP edge: one [`ApiError`] rendered as `application/problem+json`
-//! (RFC 9457) with a stable `code`. Failed jobs store the same [`Problem`] object.
+//! Domain errors, free of HTTP and SQL: [`ErrorCode`] (each code's status number, stable name
+//! and title), the [`Problem`] object (RFC 9457 fields) and [`DomainError`], what any layer
+//! returns when a request cannot be served as asked. Job parameter checks, stored-input checks
+//! and limits build `DomainError`s; the HTTP edge (`api::error::ApiError`) renders them as
+//! `application/problem+json`, and a failed job stores the same [`Problem`].
 //!
-//! 5xx bodies never carry internals: the cause is logged once, here, and the client gets a
-//! generic detail.
+//! Owned by no thread: plain values, used on the runtime and on worker threads alike.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -35,24 +34,25 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub fn status(self) -> StatusCode {
+    /// The HTTP status number this code is answered with.
+    pub fn status(self) -> u16 {
         use ErrorCode::*;
         match self {
-            BadRequest => StatusCode::BAD_REQUEST,
-            Unauthorized => StatusCode::UNAUTHORIZED,
-            Forbidden => StatusCode::FORBIDDEN,
-            NotFound => StatusCode::NOT_FOUND,
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Conflict => StatusCode::CONFLICT,
-            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
-            Validation | InvalidSafetensors | InvalidSpec => StatusCode::UNPROCESSABLE_ENTITY,
-            QueueFull | RateLimited | QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            BadRequest => 400,
+            Unauthorized => 401,
+            Forbidden => 403,
+            NotFound => 404,
+            MethodNotAllowed => 405,
+            Conflict => 409,
+            PayloadTooLarge => 413,
+            UnsupportedMediaType => 415,
+            RangeNotSatisfiable => 416,
+            Validation | InvalidSafetensors | InvalidSpec => 422,
+            QueueFull | RateLimited | QuotaExceeded => 429,
             // A cancelled job's error object; never an HTTP answer by itself.
-            Cancelled => StatusCode::CONFLICT,
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Unavailable | Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            Cancelled => 409,
+            Internal => 500,
+            Unavailable | Timeout => 503,
         }
     }
 
@@ -127,9 +127,10 @@ pub struct Problem {
     pub field: Option<String>,
 }
 
-/// An error answered to an HTTP client.
-#[derive(Debug)]
-pub struct ApiError {
+/// Why a request cannot be served as asked: a code, a detail the caller can act on, the field
+/// it is about and (for 429/503) when to retry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DomainError {
     pub code: ErrorCode,
     pub detail: String,
     pub errors: Vec<String>,
@@ -137,37 +138,42 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-impl ApiError {
+impl DomainError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        ApiError { code, detail: detail.into(), errors: Vec::new(), field: None, retry_after: None }
+        DomainError { code, detail: detail.into(), errors: Vec::new(), field: None, retry_after: None }
     }
+    /// A 422 naming the request field (`params.scheme`); the detail is prefixed with it.
     pub fn validation(field: impl Into<String>, detail: impl Into<String>) -> Self {
         let field = field.into();
         let detail = format!("{field}: {}", detail.into());
-        ApiError { field: Some(field), ..ApiError::new(ErrorCode::Validation, detail) }
+        DomainError { field: Some(field), ..DomainError::new(ErrorCode::Validation, detail) }
     }
     pub fn not_found(what: &str, id: &str) -> Self {
-        ApiError::new(ErrorCode::NotFound, format!("{what} '{id}' does not exist"))
+        DomainError::new(ErrorCode::NotFound, format!("{what} '{id}' does not exist"))
     }
     pub fn with_errors(mut self, errors: Vec<String>) -> Self {
         self.errors = errors;
+        self
+    }
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
         self
     }
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self
     }
-    /// An internal failure: logs the cause, answers an opaque 500.
+    /// An internal failure: logs the cause, says nothing about it.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        ApiError::new(ErrorCode::Internal, "the server failed to handle this request; see its logs")
+        DomainError::new(ErrorCode::Internal, "the server failed to handle this request; see its logs")
     }
 
     pub fn problem(&self) -> Problem {
         Problem {
             type_: format!("urn:modelpress:problem:{}", self.code.as_str()),
             title: self.code.title().to_string(),
-            status: self.code.status().as_u16(),
+            status: self.code.status(),
             detail: self.detail.clone(),
             code: self.code.as_str().to_string(),
             errors: self.errors.clone(),
@@ -176,63 +182,12 @@ impl ApiError {
     }
 }
 
-impl std::fmt::Display for ApiError {
+impl std::fmt::Display for DomainError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code.as_str(), self.detail)
     }
 }
 
-impl std::error::Error for ApiError {}
+impl std::error::Error for DomainError {}
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let problem = self.problem();
-        let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
-        let mut resp = (self.code.status(), body).into_response();
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if let Some(secs) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        resp
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        let code = match r {
-            JsonRejection::MissingJsonContentType(_) => ErrorCode::UnsupportedMediaType,
-            JsonRejection::JsonSyntaxError(_) => ErrorCode::BadRequest,
-            JsonRejection::BytesRejection(_) => ErrorCode::PayloadTooLarge,
-            _ => ErrorCode::Validation,
-        };
-        ApiError::new(code, r.body_text())
-    }
-}
-
-impl From<PathRejection> for ApiError {
-    fn from(r: PathRejection) -> Self {
-        ApiError::new(ErrorCode::BadRequest, r.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(r: QueryRejection) -> Self {
-        ApiError::new(ErrorCode::BadRequest, r.body_text())
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        ApiError::internal(format!("database: {e}"))
-    }
-}
-
-impl From<std::io::Error> for ApiError {
-    fn from(e: std::io::Error) -> Self {
-        ApiError::internal(format!("io: {e}"))
-    }
-}
-
-pub type ApiResult<T> = Result<T, ApiError>;

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use clap::Args;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{DomainError, ErrorCode};
 
 /// Limit settings (flattened into [`crate::config::Config`]).
 #[derive(Debug, Clone, Args)]
@@ -136,9 +136,9 @@ impl Limits {
     }
 
     /// A slot for one SSE stream, or 429.
-    pub fn sse_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+    pub fn sse_permit(&self) -> Result<OwnedSemaphorePermit, DomainError> {
         self.sse.clone().try_acquire_owned().map_err(|_| {
-            ApiError::new(
+            DomainError::new(
                 ErrorCode::RateLimited,
                 format!(
                     "{} event streams are already open (--max-sse-connections); retry later or poll the job",
@@ -219,9 +219,12 @@ pub async fn timeout(State(limits): State<Arc<Limits>>, req: Request, next: Next
         Ok(resp) => resp,
         Err(_) => {
             tracing::warn!(route = %path, secs, "request timed out");
-            ApiError::new(ErrorCode::Timeout, format!("the request took longer than {secs} s (--request-timeout-secs)"))
-                .with_retry_after(1)
-                .into_response()
+            DomainError::new(
+                ErrorCode::Timeout,
+                format!("the request took longer than {secs} s (--request-timeout-secs)"),
+            )
+            .with_retry_after(1)
+            .into_response()
         }
     }
 }

@@ -7,13 +7,13 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::error::{ApiError, ApiResult, ErrorCode, Problem};
 use super::extract::{check_cursor, check_id, page_limit, ApiPath, ApiQuery};
 use super::models::{read_upload, validate_name, ListQuery};
 use super::AppState;
 use crate::auth::Caller;
 use crate::datasets::{self, DatasetError, DatasetInfo, SplitInfo};
 use crate::db::{self, DatasetRow, DeleteOutcome};
-use crate::error::{ApiError, ApiResult, ErrorCode, Problem};
 use crate::tensorfile::HeaderLimits;
 
 /// A stored dataset.

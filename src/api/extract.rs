@@ -5,7 +5,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
 
-use crate::error::{ApiError, ErrorCode};
+use super::error::{ApiError, ErrorCode};
 use crate::limits::{json_depth_ok, JsonLimits};
 
 /// A JSON body with problem+json rejections and limits: the size limit of the route

@@ -7,9 +7,9 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::error::{ApiError, ApiResult, ErrorCode, Problem};
 use super::AppState;
 use crate::db;
-use crate::error::{ApiError, ApiResult, ErrorCode, Problem};
 
 /// Health status.
 #[derive(Debug, Serialize, ToSchema)]
@@ -49,8 +49,8 @@ pub async fn readyz(State(st): State<AppState>) -> ApiResult<Json<Health>> {
 ))]
 pub async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
     let counts = db::count_by_status(&st.db).await?;
-    let jobs = counts.iter().map(|(s, n)| (vec![("status", s.clone())], *n as f64)).collect();
-    let queued = counts.iter().find(|(s, _)| s == "queued").map(|(_, n)| *n).unwrap_or(0) as f64;
+    let jobs = counts.iter().map(|(s, n)| (vec![("status", s.as_str().to_string())], *n as f64)).collect();
+    let queued = counts.iter().find(|(s, _)| *s == crate::jobs::JobStatus::Queued).map(|(_, n)| *n).unwrap_or(0) as f64;
     let text = st.metrics.render(&[
         ("modelpress_queue_depth", "Jobs waiting to run", vec![(vec![], queued)]),
         ("modelpress_jobs", "Jobs by status", jobs),

@@ -13,28 +13,84 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::openapi::schema::{
+    AdditionalProperties, Discriminator, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
+};
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::{IntoParams, ToSchema};
 
+use super::error::{ApiError, ApiResult, ErrorCode, Problem};
 use super::extract::{check_cursor, check_id, page_limit, ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::auth::{Caller, Role};
 use crate::db::{self, CancelOutcome, InsertJob, JobFilter, NewJob};
-use crate::error::{ApiError, ApiResult, ErrorCode, Problem};
-use crate::jobs::params::{self, JobParams};
+use crate::jobs::common::{Stored, StoredModel};
 use crate::jobs::view::Job;
-use crate::jobs::{is_terminal, JobUpdate};
+use crate::jobs::{JobKind, JobParams, JobStatus, JobUpdate};
 
-/// A job submission.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
+/// A job submission. Its contract is one object per kind (see [`CreateJob`]'s schema):
+/// `kind` names it and `params` is that kind's parameter type.
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
-    /// Job kind, e.g. `quantize`.
+    /// Job kind, e.g. `quantize` (parsed against the registry, so an unknown kind is a 422
+    /// listing the known ones).
     pub kind: String,
     /// The model the job works on.
     pub model_id: Option<String>,
-    /// Kind-specific parameters (see the README and docs for each kind).
-    #[schema(value_type = Option<Object>)]
+    /// Kind-specific parameters.
     pub params: Option<Value>,
+}
+
+fn create_job_variant(kind: &str) -> String {
+    let camel: String = kind
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect();
+    format!("Create{camel}Job")
+}
+
+/// `oneOf` the per-kind submissions, discriminated by `kind`; each kind's parameter type is
+/// its `params` schema. Built from the registry ([`crate::jobs::kinds::params_schemas`]), so
+/// a new kind appears here without touching this file.
+impl utoipa::PartialSchema for CreateJob {
+    fn schema() -> RefOr<Schema> {
+        let mut one_of =
+            OneOfBuilder::new().description(Some("A job submission: `kind` selects the shape of `params`."));
+        let mut discriminator = Discriminator::new("kind");
+        for (kind, _, _, _) in crate::jobs::kinds::params_schemas() {
+            let variant = create_job_variant(kind);
+            discriminator.mapping.insert(kind.to_string(), format!("#/components/schemas/{variant}"));
+            one_of = one_of.item(Ref::from_schema_name(variant));
+        }
+        one_of.discriminator(Some(discriminator)).into()
+    }
+}
+
+impl ToSchema for CreateJob {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        for (kind, params_name, params_schema, deps) in crate::jobs::kinds::params_schemas() {
+            let variant: Schema = ObjectBuilder::new()
+                .description(Some(format!("Submit a `{kind}` job.")))
+                .property("kind", ObjectBuilder::new().schema_type(Type::String).enum_values(Some([kind])))
+                .required("kind")
+                .property(
+                    "model_id",
+                    ObjectBuilder::new()
+                        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                        .description(Some("The model the job works on.")),
+                )
+                .property("params", Ref::from_schema_name(params_name.clone()))
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+                .into();
+            schemas.push((create_job_variant(kind), RefOr::T(variant)));
+            schemas.push((params_name, params_schema));
+            schemas.extend(deps);
+        }
+    }
 }
 
 /// A page of jobs.
@@ -61,9 +117,19 @@ pub struct JobListQuery {
     pub limit: Option<i64>,
 }
 
-/// Checks what can be checked against stored models before a job is queued. Every model and
-/// dataset is looked up as the caller's: another tenant's id is answered exactly like a
-/// missing one.
+/// Reads a stored model's header (on the blocking pool: it opens and maps the file).
+async fn stored_model(st: &AppState, row: &db::ModelRow) -> ApiResult<StoredModel> {
+    let path = st.store.model_path(&row.id);
+    let header =
+        tokio::task::spawn_blocking(move || crate::tensorfile::Tensorfile::open_trusted(&path).map(|f| f.header))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+    Ok(StoredModel { id: row.id.clone(), spec: row.spec.clone(), header })
+}
+
+/// Looks up everything the job reads, as the caller's (another tenant's id is answered exactly
+/// like a missing one), then runs the kind's checks against it. Returns the input ids.
 async fn precheck(
     st: &AppState,
     caller: &Caller,
@@ -71,54 +137,53 @@ async fn precheck(
     model_id: Option<&str>,
 ) -> ApiResult<Vec<String>> {
     let tenant = &caller.tenant;
-    let mut inputs = Vec::new();
-    if params.needs_model() {
-        let id = model_id
-            .ok_or_else(|| ApiError::validation("model_id", format!("required for kind '{}'", params.kind())))?;
-        if uuid::Uuid::parse_str(id).is_err() || db::get_model_of(&st.db, tenant, id).await?.is_none() {
-            return Err(ApiError::validation("model_id", format!("model '{id}' does not exist")));
-        }
-        inputs.push(id.to_string());
-    }
-    for id in params.model_ids() {
-        if uuid::Uuid::parse_str(&id).is_err() || db::get_model_of(&st.db, tenant, &id).await?.is_none() {
-            return Err(ApiError::validation("params", format!("model '{id}' does not exist")));
-        }
-        inputs.push(id);
-    }
     let needs = params.needs();
-    let spec = if needs.spec {
-        let id = model_id.unwrap_or_default();
-        let row = db::get_model_of(&st.db, tenant, id)
-            .await?
-            .ok_or_else(|| ApiError::validation("model_id", format!("model '{id}' does not exist")))?;
-        Some(super::specs::stored_spec(row.spec.as_deref(), id, "model_id")?)
-    } else {
-        None
-    };
-    if let (JobParams::Distill(d), Some(teacher)) = (params, &spec) {
-        // Teacher and student must fit each other: refused here, before anything is queued.
-        let stored = match d.student_model_id() {
-            Some(id) => db::get_model_of(&st.db, tenant, id).await?.and_then(|m| m.spec),
-            None => None,
-        };
-        d.check_models(teacher, stored.as_deref())?;
-    }
-    for (id, split, labels) in &needs.data {
-        let field = "params.dataset_id";
+    let kind = params.kind();
+    let mut inputs = Vec::new();
+    let mut stored = Stored::default();
+    if needs.model {
+        let id = model_id.ok_or_else(|| ApiError::validation("model_id", format!("required for kind '{kind}'")))?;
         let row = match uuid::Uuid::parse_str(id) {
-            Ok(_) => db::get_dataset_of(&st.db, tenant, id).await?,
+            Ok(_) => db::get_model_of(&st.db, tenant, id).await?,
             Err(_) => None,
         };
-        let row = row.ok_or_else(|| ApiError::validation(field, format!("dataset '{id}' does not exist")))?;
-        if let Some(spec) = &spec {
-            let info: crate::datasets::DatasetInfo = serde_json::from_str(&row.info).map_err(ApiError::internal)?;
-            super::specs::check_model_dataset(spec, id, &info, split.as_deref(), *labels, field)?;
+        let row = row.ok_or_else(|| ApiError::validation("model_id", format!("model '{id}' does not exist")))?;
+        if needs.spec {
+            stored.spec = Some(crate::checks::stored_spec(row.spec.as_deref(), id, "model_id")?);
+        } else if let Some(text) = &row.spec {
+            stored.spec = crate::nn::ModelSpec::from_json(text.as_bytes()).ok();
         }
-        if !inputs.contains(id) {
-            inputs.push(id.clone());
+        stored.model = Some(stored_model(st, &row).await?);
+        inputs.push(id.to_string());
+    } else if model_id.is_some() {
+        return Err(ApiError::validation("model_id", format!("kind '{kind}' takes no model_id")));
+    }
+    for (id, field) in &needs.models {
+        let row = match uuid::Uuid::parse_str(id) {
+            Ok(_) => db::get_model_of(&st.db, tenant, id).await?,
+            Err(_) => None,
+        };
+        let row = row.ok_or_else(|| ApiError::validation(field.clone(), format!("model '{id}' does not exist")))?;
+        stored.models.insert(id.clone(), stored_model(st, &row).await?);
+        inputs.push(id.clone());
+    }
+    for d in &needs.data {
+        if stored.datasets.contains_key(&d.id) {
+            continue;
+        }
+        let row = match uuid::Uuid::parse_str(&d.id) {
+            Ok(_) => db::get_dataset_of(&st.db, tenant, &d.id).await?,
+            Err(_) => None,
+        };
+        let row =
+            row.ok_or_else(|| ApiError::validation(d.field.clone(), format!("dataset '{}' does not exist", d.id)))?;
+        let info: crate::datasets::DatasetInfo = serde_json::from_str(&row.info).map_err(ApiError::internal)?;
+        stored.datasets.insert(d.id.clone(), info);
+        if !inputs.contains(&d.id) {
+            inputs.push(d.id.clone());
         }
     }
+    params.check(&stored)?;
     Ok(inputs)
 }
 
@@ -152,16 +217,14 @@ pub async fn create_job(
         None => None,
     };
     let raw_params = body.params.clone().unwrap_or(Value::Object(Default::default()));
-    let parsed = params::parse(&body.kind, &raw_params, &st.param_rules())?;
-    if !parsed.needs_model() && body.model_id.is_some() {
-        return Err(ApiError::validation("model_id", format!("kind '{}' takes no model_id", body.kind)));
-    }
+    let kind = JobKind::parse(&body.kind, &st.param_rules())?;
+    let parsed = JobParams::parse(kind, &raw_params)?;
     let inputs = precheck(&st, &caller, &parsed, body.model_id.as_deref()).await?;
     let request_hash = hex::encode(Sha256::digest(serde_json::to_vec(&body).map_err(ApiError::internal)?));
     let new = NewJob {
         id: uuid::Uuid::now_v7().to_string(),
         kind: body.kind.clone(),
-        model_id: if parsed.needs_model() { body.model_id.clone() } else { None },
+        model_id: if parsed.needs().model { body.model_id.clone() } else { None },
         params: raw_params.to_string(),
         idempotency_key: key,
         request_hash,
@@ -231,13 +294,12 @@ pub async fn list_jobs(
 ) -> ApiResult<Json<JobList>> {
     check_cursor(q.cursor.as_deref())?;
     let limit = page_limit(q.limit)?;
-    if let Some(s) = &q.status {
-        if !["queued", "running", "succeeded", "failed", "cancelled"].contains(&s.as_str()) {
-            return Err(ApiError::validation("status", "one of queued, running, succeeded, failed, cancelled"));
-        }
-    }
+    let status = match &q.status {
+        Some(s) => Some(s.parse::<JobStatus>()?),
+        None => None,
+    };
     let f = JobFilter {
-        status: q.status.as_deref(),
+        status,
         kind: q.kind.as_deref(),
         model_id: q.model_id.as_deref(),
         before: q.cursor.as_deref(),
@@ -317,7 +379,7 @@ pub async fn job_events(
     let first = JobUpdate {
         job_id: id.clone(),
         event: "state".into(),
-        terminal: is_terminal(&job.status),
+        terminal: job.status.is_terminal(),
         data: serde_json::to_value(&job).map_err(ApiError::internal)?,
     };
     struct S {
@@ -350,7 +412,7 @@ pub async fn job_events(
                     Err(RecvError::Lagged(_)) => {
                         // Missed updates: resend the current state from the database.
                         let job = db::get_job(&s.st.db, &s.id).await.ok().flatten().map(Job::from)?;
-                        let u = JobUpdate { job_id: s.id.clone(), event: "state".into(), terminal: is_terminal(&job.status), data: serde_json::to_value(&job).ok()? };
+                        let u = JobUpdate { job_id: s.id.clone(), event: "state".into(), terminal: job.status.is_terminal(), data: serde_json::to_value(&job).ok()? };
                         s.done = u.terminal;
                         return Some((Ok(sse_event(&u)), s));
                     }

@@ -9,11 +9,11 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::error::{ApiError, ApiResult, Problem};
 use super::extract::{check_id, ApiJson, ApiPath};
 use super::AppState;
 use crate::auth::{generate_key, hash_key, valid_tenant_id, Caller};
 use crate::db::keys::{self as keydb, ApiKeyRow};
-use crate::error::{ApiError, ApiResult, Problem};
 
 /// A key to create.
 #[derive(Debug, Deserialize, ToSchema)]

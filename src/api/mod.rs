@@ -2,8 +2,10 @@
 //! cannot exist without its OpenAPI entry. Handlers run on the tokio runtime and only do
 //! short, bounded work; compute goes to the job workers.
 
+pub mod auth;
 pub mod dashboard;
 pub mod datasets;
+pub mod error;
 pub mod extract;
 pub mod health;
 pub mod jobs;
@@ -26,7 +28,7 @@ use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::db::Db;
-use crate::jobs::params::ParamRules;
+use crate::jobs::kinds::ParamRules;
 use crate::jobs::JobsHandle;
 use crate::storage::ArtifactStore;
 use crate::telemetry::Metrics;
@@ -61,7 +63,7 @@ impl AppState {
         (name = "dashboard", description = "The web dashboard"),
         (name = "operations", description = "Health, metrics, contract"),
     ),
-    components(schemas(crate::error::Problem))
+    components(schemas(super::error::Problem))
 )]
 struct ApiDoc;
 
@@ -103,7 +105,29 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = api_router().into_openapi();
     // After the routes are in: it walks every /v1 operation.
     utoipa::Modify::modify(&security::SecurityDoc, &mut doc);
+    declare_binary_bodies(&mut doc);
     doc
+}
+
+/// Raw request bodies (`application/octet-stream`: model and dataset uploads, binary predict)
+/// are files: declared as binary strings so generated clients can send them.
+fn declare_binary_bodies(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    for item in doc.paths.paths.values_mut() {
+        for op in [&mut item.post, &mut item.put].into_iter().flatten() {
+            let Some(body) = op.request_body.as_mut() else { continue };
+            if let Some(content) = body.content.get_mut("application/octet-stream") {
+                if content.schema.is_none() {
+                    content.schema = Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+                            .into(),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Counts requests by matched route and status, and times them.
@@ -129,13 +153,18 @@ pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
     let limits = state.limits.clone();
     let cors = security::cors(&state.config.auth.cors_origins);
-    let state_for_auth = state.clone();
+    let auth_state = auth::AuthState {
+        admin_key: state.config.auth.admin_key.clone(),
+        db: state.db.clone(),
+        limits: state.limits.clone(),
+        metrics: state.metrics.clone(),
+    };
     router
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(limits.clone(), crate::limits::timeout))
-        .layer(axum::middleware::from_fn_with_state(state_for_auth, crate::auth::middleware::authenticate))
+        .layer(axum::middleware::from_fn_with_state(auth_state, auth::authenticate))
         .layer(axum::Extension(limits.json()))
         .layer(DefaultBodyLimit::max(limits.config.max_json_bytes))
         .layer(axum::middleware::from_fn_with_state(metrics, track))

@@ -13,11 +13,11 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use utoipa::{IntoParams, ToSchema};
 
+use super::error::{ApiError, ApiResult, ErrorCode, Problem};
 use super::extract::{check_cursor, check_id, page_limit, ApiPath, ApiQuery};
 use super::AppState;
 use crate::auth::Caller;
 use crate::db::{self, DeleteOutcome, ModelRow};
-use crate::error::{ApiError, ApiResult, ErrorCode, Problem};
 use crate::storage::{StoreError, TempFile, Upload};
 use crate::tensorfile::{parse_header, Header, HeaderLimits};
 
@@ -289,7 +289,7 @@ pub async fn create_model(
     let name = validate_name(parts.name.or(q.name), "model")?;
     let header = validate_safetensors(&st, &upload.file).await?;
     let spec = match parts.fields.get("spec") {
-        Some(s) => Some(super::specs::check_spec_for_upload(s, &header)?),
+        Some(s) => Some(crate::checks::check_spec_for_upload(s, &header)?),
         None => None,
     };
     let id = uuid::Uuid::now_v7().to_string();

@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::error::{ApiError, ApiResult, ErrorCode, Problem};
 use super::extract::{ApiPath, ApiQuery};
 use super::AppState;
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult, ErrorCode, Problem};
 use crate::inference::{InferError, ModelSource, OutputMode, PredictRequest, Prediction, ServingPlan};
 use crate::nn::spec::{InputDType, OutputKind};
 use crate::nn::ModelSpec;
@@ -730,7 +730,7 @@ mod tests {
     }
 
     fn detail(e: ApiError) -> String {
-        e.detail
+        e.detail.clone()
     }
 
     #[test]

@@ -45,7 +45,7 @@ impl Modify for SecurityDoc {
             ),
         );
         for (path, item) in openapi.paths.paths.iter_mut() {
-            if !crate::auth::middleware::is_protected(path) {
+            if !super::auth::is_protected(path) {
                 continue;
             }
             let ops = [

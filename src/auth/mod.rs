@@ -10,9 +10,7 @@
 //! - Without an admin key the service is **open**: every caller is the default tenant. That is
 //!   only allowed on a loopback bind unless `--insecure-no-auth` (see [`AuthConfig::check_bind`]).
 //!
-//! This module is pure (no HTTP): [`middleware`] turns requests into a [`Caller`].
-
-pub mod middleware;
+//! This module is pure (no HTTP, no SQL): `api::auth` turns requests into a [`Caller`].
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -114,29 +112,7 @@ impl AuthConfig {
     }
 }
 
-/// Whose resources a request sees. `Default` is the tenant of open mode and of the admin key;
-/// it is stored as a NULL `tenant_id` (rows from before keys existed belong to it).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Tenant {
-    Default,
-    Named(String),
-}
-
-impl Tenant {
-    /// The `tenant_id` column value.
-    pub fn id(&self) -> Option<&str> {
-        match self {
-            Tenant::Default => None,
-            Tenant::Named(s) => Some(s),
-        }
-    }
-    pub fn from_column(v: Option<String>) -> Tenant {
-        match v {
-            None => Tenant::Default,
-            Some(s) => Tenant::Named(s),
-        }
-    }
-}
+pub use crate::tenant::Tenant;
 
 /// What a caller may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

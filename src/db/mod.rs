@@ -11,7 +11,8 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
 
-use crate::auth::Tenant;
+use crate::job_status::JobStatus;
+use crate::tenant::Tenant;
 use crate::time::now_rfc3339;
 
 pub mod keys;
@@ -247,7 +248,7 @@ pub async fn delete_dataset(db: &Db, tenant: &Tenant, id: &str) -> Result<Delete
 pub struct JobRow {
     pub id: String,
     pub kind: String,
-    pub status: String,
+    pub status: JobStatus,
     pub model_id: Option<String>,
     pub params: String,
     pub progress: f64,
@@ -399,7 +400,7 @@ pub async fn get_job_of(db: &Db, tenant: &Tenant, id: &str) -> Result<Option<Job
 /// Filters for listing jobs.
 #[derive(Debug, Default, Clone)]
 pub struct JobFilter<'a> {
-    pub status: Option<&'a str>,
+    pub status: Option<JobStatus>,
     pub kind: Option<&'a str>,
     pub model_id: Option<&'a str>,
     pub before: Option<&'a str>,
@@ -425,7 +426,7 @@ pub async fn list_jobs(db: &Db, tenant: &Tenant, f: &JobFilter<'_>) -> Result<Ve
     .await
 }
 
-pub async fn count_by_status(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
+pub async fn count_by_status(db: &Db) -> Result<Vec<(JobStatus, i64)>, sqlx::Error> {
     sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetch_all(db).await
 }
 
@@ -471,7 +472,7 @@ pub async fn heartbeat(db: &Db, ids: &[String]) -> Result<(), sqlx::Error> {
 pub async fn finish_job_without_output(
     db: &Db,
     id: &str,
-    status: &str,
+    status: JobStatus,
     error: Option<&str>,
     report: Option<&str>,
 ) -> Result<(), sqlx::Error> {
@@ -489,17 +490,12 @@ pub async fn finish_job_without_output(
     Ok(())
 }
 
-/// In one transaction: the output model row (if any) and the job's `succeeded` state. The
-/// output belongs to the job's tenant, whatever the row says.
+/// In one transaction: the output model row (if any; it carries its parent and the job's
+/// tenant, from the claimed row) and the job's `succeeded` state.
 pub async fn finish_job_success(db: &Db, id: &str, output: Option<&ModelRow>, report: &str) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
     if let Some(m) = output {
         insert_model(&mut *tx, m).await?;
-        sqlx::query("UPDATE models SET tenant_id = (SELECT tenant_id FROM jobs WHERE id = ?) WHERE id = ?")
-            .bind(id)
-            .bind(&m.id)
-            .execute(&mut *tx)
-            .await?;
     }
     sqlx::query(
         "UPDATE jobs SET status = 'succeeded', progress = 1, stage = 'done', output_model_id = ?, report = ?,

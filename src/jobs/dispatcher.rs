@@ -11,9 +11,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, watch, Notify, Semaphore};
 
-use super::params::{self, ParamRules};
+use super::kinds::{JobKind, JobParams, ParamRules};
 use super::view::Job;
-use super::{Finished, InputDataset, InputModel, JobCommand, JobContext, JobError, WorkerEvent};
+use super::{Finished, InputDataset, InputModel, JobCommand, JobContext, JobError, JobStatus, WorkerEvent};
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::storage::ArtifactStore;
@@ -103,7 +103,7 @@ impl JobsHandle {
             job_id: job.id.clone(),
             event: "state".into(),
             data: serde_json::to_value(job).unwrap_or(Value::Null),
-            terminal: super::is_terminal(&job.status),
+            terminal: job.status.is_terminal(),
         });
     }
 
@@ -195,12 +195,13 @@ impl JobsHandle {
     async fn prepare(&self, row: db::JobRow, events: mpsc::Sender<WorkerEvent>) -> Result<JobContext, JobError> {
         let raw: Value =
             serde_json::from_str(&row.params).map_err(|e| JobError::Internal(format!("stored params: {e}")))?;
-        let params = params::parse(&row.kind, &raw, &self.inner.rules)
-            .map_err(|e| JobError::Invalid { field: e.field.clone(), detail: e.detail })?;
+        let kind = JobKind::parse(&row.kind, &self.inner.rules)?;
+        let params = JobParams::parse(kind, &raw)?;
         let db = &self.inner.db;
         let store = &self.inner.store;
         let mut models = HashMap::new();
-        let mut ids: Vec<String> = params.model_ids();
+        let needs = params.needs();
+        let mut ids: Vec<String> = needs.models.iter().map(|(id, _)| id.clone()).collect();
         if let Some(m) = &row.model_id {
             ids.push(m.clone());
         }
@@ -213,7 +214,7 @@ impl JobsHandle {
                 .insert(id.clone(), InputModel { path: store.model_path(&m.id), id: m.id, name: m.name, spec: m.spec });
         }
         let mut datasets = HashMap::new();
-        for id in params.dataset_ids() {
+        for id in needs.dataset_ids() {
             let d = db::get_dataset(db, &id)
                 .await
                 .map_err(|e| JobError::Internal(e.to_string()))?
@@ -227,6 +228,7 @@ impl JobsHandle {
             model: row.model_id.as_ref().and_then(|m| models.get(m).cloned()),
             id: row.id,
             params,
+            tenant: crate::tenant::Tenant::from_column(row.tenant_id),
             attempts: row.attempts,
             models,
             datasets,
@@ -242,7 +244,7 @@ impl JobsHandle {
         if let JobError::Internal(msg) = &err {
             tracing::error!(job_id = %id, error = %msg, "job failed before start");
         }
-        let _ = db::finish_job_without_output(&self.inner.db, id, "failed", Some(&problem), None).await;
+        let _ = db::finish_job_without_output(&self.inner.db, id, JobStatus::Failed, Some(&problem), None).await;
         self.running().remove(id);
         self.publish_from_db(id).await;
     }
@@ -296,7 +298,7 @@ impl JobsHandle {
     }
 
     async fn finish(&self, f: Finished) {
-        let Finished { job_id, kind, result, permit, duration } = f;
+        let Finished { job_id, kind, parent_model_id, tenant, result, permit, duration } = f;
         let db = &self.inner.db;
         let outcome = match result {
             Ok(out) => {
@@ -309,10 +311,6 @@ impl JobsHandle {
                     Some(m) => {
                         let id = uuid::Uuid::now_v7().to_string();
                         let dest = self.inner.store.model_path(&id);
-                        let parent = {
-                            let row = db::get_job(db, &job_id).await.ok().flatten();
-                            row.and_then(|r| r.model_id)
-                        };
                         let row = db::ModelRow {
                             id: id.clone(),
                             name: m.name.clone(),
@@ -324,9 +322,9 @@ impl JobsHandle {
                             dtype_bytes: serde_json::to_string(&m.dtype_bytes).unwrap_or_default(),
                             metadata: serde_json::to_string(&m.metadata).unwrap_or_default(),
                             spec: m.spec.clone(),
-                            parent_model_id: parent,
+                            parent_model_id,
                             job_id: Some(job_id.clone()),
-                            tenant_id: None,
+                            tenant_id: tenant.id().map(str::to_string),
                         };
                         // Rename first, commit second: a crash in between leaves an orphan
                         // file (swept at start-up), never a row without its file.
@@ -348,25 +346,29 @@ impl JobsHandle {
                 "requeued"
             }
             Err(err) => {
-                let status = if matches!(err, JobError::Cancelled) { "cancelled" } else { "failed" };
+                let status = if matches!(err, JobError::Cancelled) { JobStatus::Cancelled } else { JobStatus::Failed };
                 if let JobError::Internal(msg) = &err {
                     tracing::error!(job_id = %job_id, error = %msg, "job failed");
                 } else {
-                    tracing::info!(job_id = %job_id, outcome = status, reason = %err, "job ended");
+                    tracing::info!(job_id = %job_id, outcome = %status, reason = %err, "job ended");
                 }
                 let problem = serde_json::to_string(&err.problem()).unwrap_or_default();
                 match db::finish_job_without_output(db, &job_id, status, Some(&problem), None).await {
-                    Ok(()) => status,
+                    Ok(()) => status.as_str(),
                     Err(e) => self.fail_internal(&job_id, &format!("recording failure: {e}")).await,
                 }
             }
         };
         self.inner.metrics.inc(
             "modelpress_jobs_total",
-            vec![("kind", kind.clone()), ("outcome", outcome.to_string())],
+            vec![("kind", kind.as_str().to_string()), ("outcome", outcome.to_string())],
             1.0,
         );
-        self.inner.metrics.observe("modelpress_job_duration_seconds", vec![("kind", kind)], duration.as_secs_f64());
+        self.inner.metrics.observe(
+            "modelpress_job_duration_seconds",
+            vec![("kind", kind.as_str().to_string())],
+            duration.as_secs_f64(),
+        );
         self.running().remove(&job_id);
         drop(permit);
         self.publish_from_db(&job_id).await;
@@ -375,7 +377,7 @@ impl JobsHandle {
     async fn fail_internal(&self, job_id: &str, msg: &str) -> &'static str {
         tracing::error!(job_id = %job_id, error = %msg, "job failed");
         let problem = serde_json::to_string(&JobError::Internal(msg.into()).problem()).unwrap_or_default();
-        let _ = db::finish_job_without_output(&self.inner.db, job_id, "failed", Some(&problem), None).await;
+        let _ = db::finish_job_without_output(&self.inner.db, job_id, JobStatus::Failed, Some(&problem), None).await;
         "failed"
     }
 }

@@ -29,12 +29,13 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::common::{measure_latency, split_keys, DataNeed, Needs, Stored, TrainSettings};
 use super::engine::{
     float_tensors, load_network, load_params_mode, load_split, load_test_split, spec_of, write_tensors,
 };
-use super::params::{split_keys, Needs, TrainSettings};
+use super::kinds::Kind;
 use super::{InputModel, JobContext, JobError, JobOutput, OutputModel};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{DomainError, ErrorCode};
 use crate::nn::distill::{
     derive_student, trainable_parameters, Distiller, KdConfig, LossParts, StudentTemplate, TeacherTargets,
 };
@@ -55,28 +56,48 @@ pub const DEFAULT_ALPHA: f64 = 0.9;
 /// Largest accepted temperature.
 pub const MAX_TEMPERATURE: f64 = 100.0;
 
-/// Where the student comes from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Where the student comes from: exactly one of `model_id`, `spec` or `from_teacher`.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum StudentSource {
     /// An uploaded model with a spec; `init` is `weights` (its weights, default) or `random`.
-    Model { model_id: String, init: String },
-    /// An inline spec (validated at submission).
-    Spec { spec: Box<ModelSpec> },
-    /// A template derived from the teacher's spec.
-    Template { from_teacher: StudentTemplate },
+    Model {
+        model_id: String,
+        #[schema(required = false)]
+        init: String,
+    },
+    /// An inline spec (validated at submission; docs/spec.md).
+    Spec {
+        #[schema(value_type = Object)]
+        spec: Box<ModelSpec>,
+    },
+    /// A template derived from the teacher's spec (e.g. `{"width": 0.25}`).
+    Template {
+        #[schema(value_type = Object)]
+        from_teacher: StudentTemplate,
+    },
 }
 
-/// Parameters of a `distill` job.
-#[derive(Debug, Clone, Serialize)]
+/// `kind: "distill"`: a teacher (`model_id`), a student, the softening, and the training
+/// settings (flattened).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DistillParams {
     pub dataset_id: String,
     /// Training split: `train` (default when present) or `all`.
+    #[schema(required = false)]
     pub split: Option<String>,
     pub student: StudentSource,
+    /// Softening temperature, (0, 100] (default 4).
+    #[schema(required = false, default = 4.0)]
     pub temperature: f64,
+    /// Weight of the soft term, [0, 1] (default 0.9).
+    #[schema(required = false, default = 0.9)]
     pub alpha: f64,
+    /// Keep the partial student when cancelled.
+    #[schema(required = false)]
     pub keep_partial: bool,
+    /// Also train the student alone on the labels, for comparison.
+    #[schema(required = false)]
     pub baseline: bool,
     #[serde(flatten)]
     pub settings: TrainSettings,
@@ -108,18 +129,18 @@ fn d_alpha() -> f64 {
 
 const HEAD_KEYS: [&str; 7] = ["dataset_id", "split", "student", "temperature", "alpha", "keep_partial", "baseline"];
 
-fn typed<T: serde::de::DeserializeOwned>(field: &str, v: Value) -> Result<T, ApiError> {
-    serde_json::from_value(v).map_err(|e| ApiError::validation(field, e.to_string()))
+fn typed<T: serde::de::DeserializeOwned>(field: &str, v: Value) -> Result<T, DomainError> {
+    serde_json::from_value(v).map_err(|e| DomainError::validation(field, e.to_string()))
 }
 
-fn parse_student(v: &Value) -> Result<StudentSource, ApiError> {
+fn parse_student(v: &Value) -> Result<StudentSource, DomainError> {
     const F: &str = "params.student";
     let obj = v.as_object().ok_or_else(|| {
-        ApiError::validation(F, "must be an object: {\"model_id\"}, {\"spec\"} or {\"from_teacher\"}")
+        DomainError::validation(F, "must be an object: {\"model_id\"}, {\"spec\"} or {\"from_teacher\"}")
     })?;
     let kinds: Vec<&str> = ["model_id", "spec", "from_teacher"].into_iter().filter(|k| obj.contains_key(*k)).collect();
     if kinds.len() != 1 {
-        return Err(ApiError::validation(
+        return Err(DomainError::validation(
             F,
             "give exactly one of model_id (an uploaded model), spec (an inline spec) or from_teacher (a template)",
         ));
@@ -129,24 +150,24 @@ fn parse_student(v: &Value) -> Result<StudentSource, ApiError> {
         other => &[other][..],
     };
     if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::validation(format!("{F}.{k}"), format!("unknown field next to {}", kinds[0])));
+        return Err(DomainError::validation(format!("{F}.{k}"), format!("unknown field next to {}", kinds[0])));
     }
     match kinds[0] {
         "model_id" => {
             let id = obj["model_id"]
                 .as_str()
-                .ok_or_else(|| ApiError::validation(format!("{F}.model_id"), "must be a string"))?;
+                .ok_or_else(|| DomainError::validation(format!("{F}.model_id"), "must be a string"))?;
             let init = match obj.get("init") {
                 None => "weights".to_string(),
                 Some(Value::String(s)) if s == "weights" || s == "random" => s.clone(),
-                Some(_) => return Err(ApiError::validation(format!("{F}.init"), "weights or random")),
+                Some(_) => return Err(DomainError::validation(format!("{F}.init"), "weights or random")),
             };
             Ok(StudentSource::Model { model_id: id.to_string(), init })
         }
         "spec" => {
-            let text = serde_json::to_vec(&obj["spec"]).map_err(ApiError::internal)?;
+            let text = serde_json::to_vec(&obj["spec"]).map_err(DomainError::internal)?;
             let spec = ModelSpec::from_json(&text).map_err(|e| {
-                let mut err = ApiError::new(ErrorCode::InvalidSpec, format!("params.student.spec: {e}"));
+                let mut err = DomainError::new(ErrorCode::InvalidSpec, format!("params.student.spec: {e}"));
                 err.field = Some(format!("{F}.spec"));
                 err
             })?;
@@ -154,38 +175,37 @@ fn parse_student(v: &Value) -> Result<StudentSource, ApiError> {
         }
         _ => {
             let t: StudentTemplate = typed(&format!("{F}.from_teacher"), obj["from_teacher"].clone())?;
-            t.check().map_err(|e| ApiError::validation(format!("{F}.from_teacher"), e.to_string()))?;
+            t.check().map_err(|e| DomainError::validation(format!("{F}.from_teacher"), e.to_string()))?;
             Ok(StudentSource::Template { from_teacher: t })
         }
     }
 }
 
 impl DistillParams {
-    pub fn parse(params: &Value) -> Result<DistillParams, ApiError> {
+    fn parse_params(params: &Value) -> Result<DistillParams, DomainError> {
         let (head, rest) = split_keys(params, &HEAD_KEYS);
         if !head.contains_key("student") {
-            return Err(ApiError::validation(
+            return Err(DomainError::validation(
                 "params.student",
                 "required: {\"model_id\": ...}, {\"spec\": {...}} or {\"from_teacher\": {\"width\": 0.25}}",
             ));
         }
         let head: Head = typed("params", Value::Object(head))?;
-        let settings: TrainSettings = typed("params", rest)?;
-        settings.check("params")?;
+        let settings = TrainSettings::parse("params", rest)?;
         match head.split.as_deref() {
             None | Some("train") | Some("all") => {}
             Some(other) => {
-                return Err(ApiError::validation(
+                return Err(DomainError::validation(
                     "params.split",
                     format!("unknown training split '{other}'; use train or all (test is kept for the report)"),
                 ))
             }
         }
         if !(head.temperature.is_finite() && head.temperature > 0.0 && head.temperature <= MAX_TEMPERATURE) {
-            return Err(ApiError::validation("params.temperature", format!("must be in (0, {MAX_TEMPERATURE}]")));
+            return Err(DomainError::validation("params.temperature", format!("must be in (0, {MAX_TEMPERATURE}]")));
         }
         if !(0.0..=1.0).contains(&head.alpha) {
-            return Err(ApiError::validation("params.alpha", "must be in [0, 1]"));
+            return Err(DomainError::validation("params.alpha", "must be in [0, 1]"));
         }
         Ok(DistillParams {
             student: parse_student(&head.student)?,
@@ -199,19 +219,6 @@ impl DistillParams {
         })
     }
 
-    /// The teacher needs a spec; the dataset needs labels only for the baseline (without labels
-    /// the loss is the soft term alone).
-    pub fn needs(&self) -> Needs {
-        Needs { spec: true, data: vec![(self.dataset_id.clone(), self.split.clone(), self.baseline)] }
-    }
-
-    pub fn model_ids(&self) -> Vec<String> {
-        match &self.student {
-            StudentSource::Model { model_id, .. } => vec![model_id.clone()],
-            _ => Vec::new(),
-        }
-    }
-
     /// The uploaded student's id, if the student is an uploaded model.
     pub fn student_model_id(&self) -> Option<&str> {
         match &self.student {
@@ -223,16 +230,16 @@ impl DistillParams {
     /// Submission check, once the teacher's spec (and the uploaded student's stored spec, when
     /// the student is an uploaded model) are known: the student spec exists or derives, and
     /// its input shape and classes are the teacher's. 422 naming `params.student` otherwise.
-    pub fn check_models(&self, teacher: &ModelSpec, student_spec: Option<&str>) -> Result<(), ApiError> {
+    pub fn check_models(&self, teacher: &ModelSpec, student_spec: Option<&str>) -> Result<(), DomainError> {
         let student = self.student_spec(teacher, student_spec).map_err(|e| match e {
             JobError::Invalid { field, detail } => {
-                let mut err = ApiError::new(ErrorCode::Validation, detail);
+                let mut err = DomainError::new(ErrorCode::Validation, detail);
                 err.field = field;
                 err
             }
-            other => ApiError::internal(other.to_string()),
+            other => DomainError::internal(other.to_string()),
         })?;
-        check_pair(teacher, &student).map_err(|d| ApiError::validation("params.student", d))
+        check_pair(teacher, &student).map_err(|d| DomainError::validation("params.student", d))
     }
 
     /// The student's spec: inline, derived from the teacher, or the uploaded model's stored one.
@@ -252,6 +259,43 @@ impl DistillParams {
                     .map_err(|e| JobError::invalid("params.student.model_id", format!("stored spec: {e}")))
             }
         }
+    }
+}
+
+impl Kind for DistillParams {
+    fn parse(params: &Value) -> Result<Self, DomainError> {
+        DistillParams::parse_params(params)
+    }
+
+    /// The teacher needs a spec; the dataset needs labels only for the baseline (without labels
+    /// the loss is the soft term alone).
+    fn needs(&self) -> Needs {
+        Needs {
+            spec: true,
+            data: vec![DataNeed::new(
+                &self.dataset_id,
+                "params.dataset_id",
+                self.split.as_deref(),
+                "params.split",
+                self.baseline,
+            )],
+            models: match &self.student {
+                StudentSource::Model { model_id, .. } => vec![(model_id.clone(), "params.student.model_id".into())],
+                _ => Vec::new(),
+            },
+            ..Needs::default()
+        }
+    }
+
+    /// Teacher and student must fit each other.
+    fn check(&self, stored: &Stored) -> Result<(), DomainError> {
+        let Some(teacher) = &stored.spec else { return Ok(()) };
+        let student = self.student_model_id().and_then(|id| stored.models.get(id)).and_then(|m| m.spec.as_deref());
+        self.check_models(teacher, student)
+    }
+
+    fn run(&self, ctx: &JobContext) -> Result<JobOutput, JobError> {
+        run(ctx, self)
     }
 }
 
@@ -586,33 +630,10 @@ fn finished_outcome(state: TrainState, parts: &[LossParts], cfg: &TrainConfig) -
 // ---------------------------------------------------------------------------------------------
 // The job
 
-fn dataset<'a>(ctx: &'a JobContext, id: &str) -> Result<&'a super::InputDataset, JobError> {
-    ctx.datasets
-        .get(id)
-        .ok_or_else(|| JobError::invalid("params.dataset_id", format!("dataset '{id}' is not available")))
-}
-
 fn student_model<'a>(ctx: &'a JobContext, id: &str) -> Result<&'a InputModel, JobError> {
     ctx.models
         .get(id)
         .ok_or_else(|| JobError::invalid("params.student.model_id", format!("model '{id}' is not available")))
-}
-
-/// Median wall time of a one-sample forward pass, milliseconds (at most ~0.5 s of runs).
-fn latency_ms(net: &Network, x: &Tensor) -> Result<f64, JobError> {
-    let one = x.narrow(0, 0, 1)?;
-    for _ in 0..3 {
-        net.forward(&one)?;
-    }
-    let start = Instant::now();
-    let mut times = Vec::new();
-    while times.len() < 200 && (times.len() < 5 || start.elapsed().as_secs_f64() < 0.5) {
-        let t0 = Instant::now();
-        net.forward(&one)?.to_vec2::<f32>()?;
-        times.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
 }
 
 /// Test-split figures of one network.
@@ -625,12 +646,14 @@ fn measure(net: &Network, test: Option<&(Tensor, Vec<u32>)>, spec: &ModelSpec) -
         v["samples"] = json!(r.samples);
         v["mean_loss"] = json!(r.mean_loss);
         v["samples_per_sec"] = json!(r.samples_per_sec);
-        v["latency_ms"] = json!(latency_ms(net, x)?);
+        let l = measure_latency(net, x)?;
+        v["latency_ms"] = json!(l.batch_1_ms);
+        v["latency"] = json!(l);
     }
     Ok(v)
 }
 
-pub fn run(ctx: &JobContext, p: &DistillParams) -> Result<JobOutput, JobError> {
+fn run(ctx: &JobContext, p: &DistillParams) -> Result<JobOutput, JobError> {
     let mut ck = CheckpointDir { path: ctx.store.checkpoint_dir(&ctx.id), keep: false };
     let result = run_job(ctx, p, &ck);
     // Keep the checkpoints only for a requeued job: it resumes from them.
@@ -643,7 +666,7 @@ fn run_job(ctx: &JobContext, p: &DistillParams, ck: &CheckpointDir) -> Result<Jo
     let teacher_model = ctx.input_model()?;
     ctx.progress(0.01, "loading teacher and data");
     let (tspec, teacher) = load_network(teacher_model)?;
-    let ds = dataset(ctx, &p.dataset_id)?;
+    let ds = super::common::dataset(ctx, &p.dataset_id, "params.dataset_id")?;
     let (split_name, split) = load_split(ds, p.split.as_deref(), "train")?;
     let labelled = split.y.is_some();
     if p.baseline && !labelled {
@@ -807,8 +830,8 @@ fn run_job(ctx: &JobContext, p: &DistillParams, ck: &CheckpointDir) -> Result<Jo
 mod tests {
     use super::*;
 
-    fn parse(v: Value) -> Result<DistillParams, ApiError> {
-        DistillParams::parse(&v)
+    fn parse(v: Value) -> Result<DistillParams, DomainError> {
+        DistillParams::parse_params(&v)
     }
 
     fn spec(name: &str) -> ModelSpec {
@@ -821,14 +844,14 @@ mod tests {
         let p = parse(json!({"dataset_id": "d", "student": {"from_teacher": {"width": 0.25}}})).unwrap();
         assert_eq!((p.temperature, p.alpha, p.keep_partial, p.baseline), (4.0, 0.9, false, false));
         assert_eq!(p.settings.epochs, 10);
-        assert!(p.model_ids().is_empty());
-        assert_eq!(p.needs().data, vec![("d".to_string(), None, false)]);
+        assert!(p.needs().models.is_empty());
+        assert_eq!(p.needs().data, vec![DataNeed::new("d", "params.dataset_id", None, "params.split", false)]);
         let p = parse(json!({"dataset_id": "d", "student": {"model_id": "m", "init": "random"}, "baseline": true,
                              "epochs": 200, "batch_size": 32, "lr": 0.003, "seed": 3}))
         .unwrap();
-        assert_eq!(p.model_ids(), vec!["m".to_string()]);
+        assert_eq!(p.needs().models, vec![("m".to_string(), "params.student.model_id".to_string())]);
         assert_eq!(p.student, StudentSource::Model { model_id: "m".into(), init: "random".into() });
-        assert!(p.needs().data[0].2, "the baseline needs labels");
+        assert!(p.needs().data[0].labels, "the baseline needs labels");
         assert_eq!(p.settings.to_config().epochs, 200);
         let inline: Value = serde_json::from_slice(
             &std::fs::read(format!("{}/examples/digits-student.spec.json", env!("CARGO_MANIFEST_DIR"))).unwrap(),

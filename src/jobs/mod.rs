@@ -1,20 +1,27 @@
-//! Jobs: kinds, parameters, the messages between the async side and the worker threads.
+//! Jobs: kinds, states, the messages between the async side and the worker threads.
 //!
-//! Life of a job: `POST /v1/jobs` validates ([`params::validate`]), inserts (`queued`), commits,
-//! then wakes the [`dispatcher`]. The dispatcher claims it (`running`) when a worker is free,
-//! resolves every file it needs, and sends a [`JobCommand`] to a [`worker`] thread. The worker
-//! runs the compute ([`runner`]) and reports progress and the outcome over a bounded channel to
-//! the reporter task, which persists them and broadcasts them to SSE subscribers.
+//! Life of a job: `POST /v1/jobs` parses the kind's parameters ([`kinds`]), looks up and checks
+//! the stored inputs, inserts (`queued`), commits, then wakes the [`dispatcher`]. The
+//! dispatcher claims it (`running`) when a worker is free, resolves every file it needs, and
+//! sends a [`JobCommand`] to a [`worker`] thread. The worker runs the kind's `run` and reports
+//! progress and the outcome over a bounded channel to the reporter task, which persists them
+//! and broadcasts them to SSE subscribers. docs/architecture.md tells the whole story.
+//!
+//! One module per kind ([`quantize`], [`evaluate`], [`train`], [`prune`], [`distill`],
+//! [`sensitivity`], [`debug_sleep`]); [`kinds`] is the registry; [`common`] holds the leaves the
+//! kinds share. Job code returns [`JobError`] / [`crate::error::DomainError`], never HTTP types.
 
+pub mod common;
+pub mod debug_sleep;
 pub mod dispatcher;
 pub mod distill;
 pub mod engine;
-pub mod params;
+pub mod evaluate;
+pub mod kinds;
 pub mod prune;
 pub mod quantize;
-pub mod runner;
 pub mod sensitivity;
-pub mod training;
+pub mod train;
 pub mod view;
 pub mod worker;
 
@@ -27,18 +34,12 @@ use std::time::Instant;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::error::{ErrorCode, Problem};
+use crate::error::{DomainError, ErrorCode, Problem};
 use crate::storage::{ArtifactStore, TempFile};
 
+pub use crate::job_status::JobStatus;
 pub use dispatcher::{JobUpdate, JobsHandle};
-pub use params::JobParams;
-
-/// Job states; terminal ones never change again.
-pub const TERMINAL: [&str; 3] = ["succeeded", "failed", "cancelled"];
-
-pub fn is_terminal(status: &str) -> bool {
-    TERMINAL.contains(&status)
-}
+pub use kinds::{JobKind, JobParams};
 
 /// A model file a job reads.
 #[derive(Debug, Clone)]
@@ -69,6 +70,8 @@ pub struct JobCommand {
 pub struct JobContext {
     pub id: String,
     pub params: JobParams,
+    /// The claimed row's tenant (owner of any output).
+    pub tenant: crate::tenant::Tenant,
     pub attempts: i64,
     pub model: Option<InputModel>,
     pub models: HashMap<String, InputModel>,
@@ -186,18 +189,28 @@ impl JobError {
     pub fn problem(&self) -> Problem {
         let err = match self {
             JobError::Invalid { field, detail } => {
-                let mut e = crate::error::ApiError::new(ErrorCode::Validation, detail.clone());
-                e.field = field.clone();
-                e
+                let e = DomainError::new(ErrorCode::Validation, detail.clone());
+                DomainError { field: field.clone(), ..e }
             }
-            JobError::Cancelled => crate::error::ApiError::new(ErrorCode::Cancelled, "the job was cancelled"),
-            JobError::Shutdown => crate::error::ApiError::new(ErrorCode::Unavailable, "the service shut down"),
-            JobError::Internal(_) => crate::error::ApiError::new(
+            JobError::Cancelled => DomainError::new(ErrorCode::Cancelled, "the job was cancelled"),
+            JobError::Shutdown => DomainError::new(ErrorCode::Unavailable, "the service shut down"),
+            JobError::Internal(_) => DomainError::new(
                 ErrorCode::Internal,
                 "the job failed because of an internal error; see the server logs",
             ),
         };
         err.problem()
+    }
+}
+
+/// A parameter refusal met on the worker (the inputs changed since submission, or a check
+/// only the data can answer).
+impl From<DomainError> for JobError {
+    fn from(e: DomainError) -> Self {
+        match e.code {
+            ErrorCode::Internal => JobError::Internal(e.detail),
+            _ => JobError::Invalid { field: e.field, detail: e.detail },
+        }
     }
 }
 
@@ -220,10 +233,15 @@ pub enum WorkerEvent {
     Finished(Box<Finished>),
 }
 
-/// A job's outcome, with the worker slot it frees.
+/// A job's outcome, with the worker slot it frees, and what the reporter needs to record a
+/// success in one transaction (the output model's parent and tenant).
 pub struct Finished {
     pub job_id: String,
-    pub kind: String,
+    pub kind: JobKind,
+    /// The job's `model_id`: the output model's parent.
+    pub parent_model_id: Option<String>,
+    /// The job's tenant: the output model's owner.
+    pub tenant: crate::tenant::Tenant,
     pub result: Result<JobOutput, JobError>,
     pub permit: tokio::sync::OwnedSemaphorePermit,
     pub duration: std::time::Duration,

@@ -21,9 +21,11 @@ use candle_core::{Device, Tensor};
 use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
+use super::common::{check_globs, check_split, measure_latency, DataNeed, FinetuneSettings, Needs, Stored};
 use super::engine::{load_split, spec_of, stop_reason, JobHooks};
-use super::params::{split_keys, Needs, TrainSettings};
+use super::kinds::Kind;
 use super::{InputDataset, JobContext, JobError, JobOutput, OutputModel};
 use crate::compress::prune::sparse::{base_name, PartView};
 use crate::compress::prune::{
@@ -31,7 +33,8 @@ use crate::compress::prune::{
     select_keep, Mask, NmPattern, Norm, Parallelism, PolynomialDecay, PruneError, SparsePart, SparseView, TensorRef,
     ValueDType,
 };
-use crate::error::ApiError;
+use crate::error::DomainError;
+use crate::glob::matches as glob_match;
 use crate::nn::structured::{self, HostTensor};
 use crate::nn::{evaluate, EpochStats, ModelSpec, Network, NnError, ParamStore, Split, TrainHooks};
 use crate::tensorfile::{Dtype, Header, TensorPlan, TensorWriter, Tensorfile};
@@ -130,46 +133,45 @@ fn d_power() -> f64 {
     3.0
 }
 
-/// `params.finetune`: a dataset and the training settings of the `train` kind.
-#[derive(Debug, Clone, Serialize)]
-pub struct FinetuneParams {
-    pub dataset_id: String,
-    pub split: Option<String>,
-    #[serde(flatten)]
-    pub settings: TrainSettings,
-}
-
-#[derive(Deserialize)]
+/// `kind: "prune"` as sent: exactly one of `sparsity` (magnitude, optionally with `schedule`),
+/// `pattern` (N:M) or `structured`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct FinetuneHead {
-    dataset_id: String,
-    #[serde(default)]
-    split: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawParams {
+#[schema(as = PruneParams)]
+pub struct RawParams {
+    /// Magnitude pruning target, a fraction in [0, 1).
     #[serde(default)]
     sparsity: Option<f64>,
+    /// `global` (default) or `per_layer`.
     #[serde(default)]
     scope: Option<String>,
+    /// `per_layer` targets by tensor name or glob.
     #[serde(default)]
     targets: BTreeMap<String, f64>,
+    /// N:M pattern, e.g. `2:4`.
     #[serde(default)]
     pattern: Option<String>,
+    /// Structured pruning: `{amount, norm: l1|l2|activation, layers, calibration_samples}`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     structured: Option<Value>,
+    /// Tensor-name globs selecting what is pruned.
     #[serde(default)]
     include: Vec<String>,
     #[serde(default)]
     exclude: Vec<String>,
+    /// Fine-tuning with the masks held: a dataset and training settings (defaults as `train`).
     #[serde(default)]
+    #[schema(value_type = Option<FinetuneSettings>)]
     finetune: Option<Value>,
+    /// Gradual (polynomial) schedule during fine-tuning.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     schedule: Option<Value>,
+    /// `dense` (default) or `sparse`.
     #[serde(default)]
     format: Option<String>,
+    /// Dataset for accuracy (default: the fine-tuning dataset).
     #[serde(default)]
     eval_dataset_id: Option<String>,
     #[serde(default)]
@@ -200,7 +202,7 @@ pub struct PruneParams {
     /// that are not norm weights.
     pub include: Vec<String>,
     pub exclude: Vec<String>,
-    pub finetune: Option<FinetuneParams>,
+    pub finetune: Option<FinetuneSettings>,
     pub schedule: Option<ScheduleParams>,
     pub format: Format,
     /// Dataset for accuracy (default: the fine-tuning dataset).
@@ -208,44 +210,23 @@ pub struct PruneParams {
     pub eval_split: Option<String>,
 }
 
-fn bad(field: &str, detail: impl Into<String>) -> ApiError {
-    ApiError::validation(field, detail)
+fn bad(field: &str, detail: impl Into<String>) -> DomainError {
+    DomainError::validation(field, detail)
 }
 
-fn from_value<T: serde::de::DeserializeOwned>(field: &str, v: Value) -> Result<T, ApiError> {
-    let v = if v.is_null() { Value::Object(Default::default()) } else { v };
-    if !v.is_object() {
-        return Err(bad(field, "must be a JSON object"));
-    }
-    serde_json::from_value(v).map_err(|e| bad(field, e.to_string()))
+fn from_value<T: serde::de::DeserializeOwned>(field: &str, v: Value) -> Result<T, DomainError> {
+    super::common::typed(field, v)
 }
 
-fn check_fraction(field: &str, v: f64, what: &str) -> Result<(), ApiError> {
+fn check_fraction(field: &str, v: f64, what: &str) -> Result<(), DomainError> {
     if !(0.0..1.0).contains(&v) {
         return Err(bad(field, format!("{what} must be in [0, 1) (a fraction, e.g. 0.9 for 90 %); got {v}")));
     }
     Ok(())
 }
 
-fn check_split(field: &str, split: Option<&str>) -> Result<(), ApiError> {
-    match split {
-        None | Some("train") | Some("test") | Some("all") => Ok(()),
-        Some(other) => Err(bad(field, format!("unknown split '{other}'; use train, test or all"))),
-    }
-}
-
-fn check_globs(field: &str, globs: &[String]) -> Result<(), ApiError> {
-    if globs.len() > 1000 {
-        return Err(bad(field, "at most 1000 patterns"));
-    }
-    if let Some(g) = globs.iter().find(|g| g.is_empty() || g.len() > 500) {
-        return Err(bad(field, format!("pattern {g:?} must be 1-500 characters")));
-    }
-    Ok(())
-}
-
 impl PruneParams {
-    pub fn parse(params: &Value) -> Result<PruneParams, ApiError> {
+    fn parse_params(params: &Value) -> Result<PruneParams, DomainError> {
         let raw: RawParams = from_value("params", params.clone())?;
         if let Some(s) = raw.sparsity {
             check_fraction("params.sparsity", s, "sparsity")?;
@@ -281,18 +262,8 @@ impl PruneParams {
             }
             None => None,
         };
-        let finetune = match raw.finetune {
-            Some(v) => {
-                if !v.is_object() {
-                    return Err(bad("params.finetune", "must be a JSON object with at least dataset_id"));
-                }
-                let (head, rest) = split_keys(&v, &["dataset_id", "split"]);
-                let head: FinetuneHead = from_value("params.finetune", Value::Object(head))?;
-                let settings: TrainSettings = from_value("params.finetune", rest)?;
-                settings.check("params.finetune")?;
-                check_split("params.finetune.split", head.split.as_deref())?;
-                Some(FinetuneParams { dataset_id: head.dataset_id, split: head.split, settings })
-            }
+        let finetune = match &raw.finetune {
+            Some(v) => Some(FinetuneSettings::parse("params.finetune", v, &[])?),
             None => None,
         };
         let schedule = match raw.schedule {
@@ -412,22 +383,6 @@ impl PruneParams {
         })
     }
 
-    /// Structured pruning needs the spec; fine-tuning and accuracy need it and their datasets.
-    pub fn needs(&self) -> Needs {
-        let mut data = Vec::new();
-        if let Some(f) = &self.finetune {
-            data.push((f.dataset_id.clone(), f.split.clone(), true));
-        }
-        if let Some(id) = &self.eval_dataset_id {
-            data.push((id.clone(), self.eval_split.clone(), true));
-        }
-        Needs { spec: self.structured.is_some() || !data.is_empty(), data }
-    }
-
-    pub fn model_ids(&self) -> Vec<String> {
-        Vec::new()
-    }
-
     pub fn method(&self) -> Method {
         if self.structured.is_some() {
             Method::Structured
@@ -454,30 +409,6 @@ impl PruneParams {
 // ---------------------------------------------------------------------------------------------
 // Globs
 // ---------------------------------------------------------------------------------------------
-
-/// Shell-style match of a whole name: `*` any run of characters (dots included), `?` one.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
 
 /// The value of the most specific matching key: an exact name first, then the longest matching
 /// glob (ties: the alphabetically first key).
@@ -714,62 +645,147 @@ fn accuracy(spec: &ModelSpec, model: &Model, eval: &EvalData) -> Result<f64, Job
     Ok(evaluate(&net, &eval.x, &eval.y, 256)?.accuracy)
 }
 
-/// Runs of the latency measurement (after two warm-up runs); the median is reported.
-const LATENCY_RUNS: usize = 15;
-
-/// Median wall time of `Network::forward` on `x`, milliseconds.
-fn latency_ms(spec: &ModelSpec, model: &Model, x: &Tensor) -> Result<f64, JobError> {
+/// Forward latency of the model as it stands ([`super::common::measure_latency`], the method
+/// every report uses).
+fn latency(spec: &ModelSpec, model: &Model, x: &Tensor) -> Result<super::common::Latency, JobError> {
     let net = Network::from_tensors(spec, &to_candle(model)?)?;
-    for _ in 0..2 {
-        net.forward(x)?;
-    }
-    let mut times: Vec<f64> = (0..LATENCY_RUNS)
-        .map(|_| {
-            let t = Instant::now();
-            net.forward(x).map(|_| t.elapsed().as_secs_f64() * 1e3)
-        })
-        .collect::<Result<_, _>>()?;
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    measure_latency(&net, x)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Selection and one-shot pruning
 // ---------------------------------------------------------------------------------------------
 
-/// Tensors to prune (unstructured / N:M), in name order.
-fn select(model: &Model, spec: Option<&ModelSpec>, p: &PruneParams) -> Result<Vec<String>, JobError> {
-    let norms: Vec<String> = spec
-        .map(|s| {
-            s.params()
-                .into_iter()
-                .filter(|i| i.layer_type == "batch_norm" || i.layer_type == "layer_norm")
-                .map(|i| i.name)
-                .collect()
-        })
-        .unwrap_or_default();
-    let picked: Vec<String> = model
-        .iter()
-        .filter(|(_, e)| matches!(e.content, Content::Float(_)))
-        .filter(|(name, e)| {
+/// Norm weights of a spec: never pruned unless named by `include`.
+fn norm_params(spec: Option<&ModelSpec>) -> Vec<String> {
+    spec.map(|s| {
+        s.params()
+            .into_iter()
+            .filter(|i| i.layer_type == "batch_norm" || i.layer_type == "layer_norm")
+            .map(|i| i.name)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The selection rule, over `(name, is float, shape)` in name order: used on the loaded model
+/// by the job and on the stored header at submission. Errors are `(field, detail)`.
+fn select_names<'a>(
+    tensors: impl Iterator<Item = (&'a str, bool, &'a [usize])> + Clone,
+    norms: &[String],
+    p: &PruneParams,
+) -> Result<Vec<String>, (String, String)> {
+    let picked: Vec<String> = tensors
+        .clone()
+        .filter(|(_, float, _)| *float)
+        .filter(|(name, _, shape)| {
             let included = if p.include.is_empty() {
-                e.shape.len() >= 2 && !norms.contains(name)
+                shape.len() >= 2 && !norms.iter().any(|n| n == name)
             } else {
                 p.include.iter().any(|g| glob_match(g, name))
             };
             included && !p.exclude.iter().any(|g| glob_match(g, name))
         })
-        .map(|(name, _)| name.clone())
+        .map(|(name, _, _)| name.to_string())
         .collect();
     if picked.is_empty() {
-        let floats: Vec<&str> =
-            model.iter().filter(|(_, e)| matches!(e.content, Content::Float(_))).map(|(k, _)| k.as_str()).collect();
-        return Err(JobError::invalid(
-            if p.include.is_empty() { "params.exclude" } else { "params.include" },
+        let floats: Vec<&str> = tensors.filter(|(_, float, _)| *float).map(|(k, _, _)| k).collect();
+        let field = if p.include.is_empty() { "params.exclude" } else { "params.include" };
+        return Err((
+            field.to_string(),
             format!("no tensor is selected for pruning; float tensors in the model: {}", floats.join(", ")),
         ));
     }
     Ok(picked)
+}
+
+/// Tensors to prune (unstructured / N:M), in name order.
+fn select(model: &Model, spec: Option<&ModelSpec>, p: &PruneParams) -> Result<Vec<String>, JobError> {
+    let norms = norm_params(spec);
+    let tensors = model.iter().map(|(n, e)| (n.as_str(), matches!(e.content, Content::Float(_)), e.shape.as_slice()));
+    select_names(tensors, &norms, p).map_err(|(field, detail)| JobError::invalid(&field, detail))
+}
+
+/// Per-tensor `targets` keys must each match a selected tensor.
+fn check_targets(p: &PruneParams, selected: &[String]) -> Result<(), (String, String)> {
+    match p.targets.keys().find(|k| !selected.iter().any(|n| glob_match(k, n))) {
+        Some(k) => Err((
+            format!("params.targets.{k}"),
+            format!("matches no selected tensor; selected: {}", selected.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+impl Kind for PruneParams {
+    fn parse(params: &Value) -> Result<Self, DomainError> {
+        PruneParams::parse_params(params)
+    }
+
+    /// Structured pruning needs the spec; fine-tuning and accuracy need it and their datasets.
+    fn needs(&self) -> Needs {
+        let mut data = Vec::new();
+        if let Some(f) = &self.finetune {
+            data.push(f.need("params.finetune"));
+        }
+        if let Some(id) = &self.eval_dataset_id {
+            data.push(DataNeed::new(
+                id,
+                "params.eval_dataset_id",
+                self.eval_split.as_deref(),
+                "params.eval_split",
+                true,
+            ));
+        }
+        Needs { spec: self.structured.is_some() || !data.is_empty(), data, ..Needs::default() }
+    }
+
+    /// On a plain float file (not a sparse or quantized artifact, which are decoded at run
+    /// time), the selection, per-tensor targets and the N:M pattern are checked against the
+    /// stored shapes: a pattern that does not divide a tensor's input width is a 422 here.
+    fn check(&self, stored: &Stored) -> Result<(), DomainError> {
+        let Some(model) = &stored.model else { return Ok(()) };
+        let h = &model.header;
+        if self.method() == Method::Structured
+            || h.metadata.contains_key(SPARSITY_METADATA_KEY)
+            || crate::artifact::quant_config(h).is_some()
+        {
+            return Ok(());
+        }
+        let norms = norm_params(stored.spec.as_ref());
+        let tensors = h.tensors.iter().map(|t| (t.name.as_str(), t.dtype.is_float(), t.shape.as_slice()));
+        let err = |(field, detail): (String, String)| DomainError::validation(field, detail);
+        let selected = select_names(tensors, &norms, self).map_err(err)?;
+        if self.method() == Method::Magnitude {
+            check_targets(self, &selected).map_err(err)?;
+        }
+        if let Some(pattern) = self.nm() {
+            for t in h.tensors.iter().filter(|t| selected.contains(&t.name)) {
+                check_n_m(&t.name, &t.shape, pattern)
+                    .map_err(|e| DomainError::validation("params.pattern", e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&self, ctx: &JobContext) -> Result<JobOutput, JobError> {
+        run(ctx, self)
+    }
+}
+
+impl utoipa::PartialSchema for PruneParams {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <RawParams as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for PruneParams {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "PruneParams".into()
+    }
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        <RawParams as utoipa::ToSchema>::schemas(schemas)
+    }
 }
 
 /// Magnitude rule at a given overall sparsity.
@@ -1007,7 +1023,7 @@ struct TensorReport {
     threshold: Option<f32>,
 }
 
-pub fn run(ctx: &JobContext, p: &PruneParams) -> Result<JobOutput, JobError> {
+fn run(ctx: &JobContext, p: &PruneParams) -> Result<JobOutput, JobError> {
     let started = Instant::now();
     let input = ctx.input_model()?;
     ctx.progress(0.01, "loading model");
@@ -1062,7 +1078,7 @@ pub fn run(ctx: &JobContext, p: &PruneParams) -> Result<JobOutput, JobError> {
         _ => None,
     };
     let latency_before = match (&spec, &latency_x) {
-        (Some(s), Some(x)) => Some(latency_ms(s, &model, x)?),
+        (Some(s), Some(x)) => Some(latency(s, &model, x)?),
         _ => None,
     };
     ctx.checkpoint()?;
@@ -1093,12 +1109,7 @@ pub fn run(ctx: &JobContext, p: &PruneParams) -> Result<JobOutput, JobError> {
         }
         Method::Magnitude => {
             selected = select(&model, spec.as_ref(), p)?;
-            if let Some(k) = p.targets.keys().find(|k| !selected.iter().any(|n| glob_match(k, n))) {
-                return Err(JobError::invalid(
-                    &format!("params.targets.{k}"),
-                    format!("matches no selected tensor; selected: {}", selected.join(", ")),
-                ));
-            }
+            check_targets(p, &selected).map_err(|(field, detail)| JobError::invalid(&field, detail))?;
             let end = p.sparsity.expect("magnitude pruning has a sparsity (checked at submission)");
             let rule = match p.scope {
                 Scope::Global => Rule::Global,
@@ -1245,7 +1256,7 @@ pub fn run(ctx: &JobContext, p: &PruneParams) -> Result<JobOutput, JobError> {
     }
     ctx.checkpoint()?;
     let latency_after = match (&current_spec, &latency_x) {
-        (Some(s), Some(x)) => Some(latency_ms(s, &model, x)?),
+        (Some(s), Some(x)) => Some(latency(s, &model, x)?),
         _ => None,
     };
 
@@ -1368,11 +1379,13 @@ pub fn run(ctx: &JobContext, p: &PruneParams) -> Result<JobOutput, JobError> {
         "accuracy_before": accuracy_before,
         "accuracy_after_pruning": accuracy_after_pruning,
         "accuracy_after_finetune": accuracy_after_finetune,
-        "latency_batch": latency_x.as_ref().map(|x| x.dims()[0]),
-        "latency_before_ms": latency_before,
-        "latency_after_ms": latency_after,
+        "latency_batch": latency_before.map(|l| l.batch),
+        "latency_before_ms": latency_before.map(|l| l.batch_ms),
+        "latency_after_ms": latency_after.map(|l| l.batch_ms),
+        "latency_before": latency_before,
+        "latency_after": latency_after,
         "latency_speedup": match (latency_before, latency_after) {
-            (Some(b), Some(a)) if a > 0.0 => Some(b / a),
+            (Some(b), Some(a)) if a.batch_ms > 0.0 => Some(b.batch_ms / a.batch_ms),
             _ => None,
         },
         "schedule": gradual_report,
@@ -1466,8 +1479,8 @@ fn structured_rewrite(
 mod tests {
     use super::*;
 
-    fn parse(v: Value) -> Result<PruneParams, ApiError> {
-        PruneParams::parse(&v)
+    fn parse(v: Value) -> Result<PruneParams, DomainError> {
+        PruneParams::parse_params(&v)
     }
 
     fn field(v: Value) -> (String, String) {
@@ -1532,7 +1545,7 @@ mod tests {
             "params.finetune.epochs"
         );
         assert_eq!(field(json!({"sparsity": 0.5, "finetune": {"dataset_id": "d", "lr_typo": 1}})).0, "params.finetune");
-        assert_eq!(field(json!({"sparsity": 0.5, "finetune": {"epochs": 1}})).0, "params.finetune");
+        assert_eq!(field(json!({"sparsity": 0.5, "finetune": {"epochs": 1}})).0, "params.finetune.dataset_id");
         assert_eq!(field(json!({"sparsity": 0.5, "include": [""]})).0, "params.include");
         assert_eq!(field(json!({"pattern": "2:4", "scope": "global"})).0, "params.scope");
         assert_eq!(field(json!({"sparsity": 0.5, "eval_split": "test"})).0, "params.eval_split");

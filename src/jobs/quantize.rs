@@ -11,15 +11,167 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
-use super::params::QuantizeParams;
+use super::common::{
+    check_globs, check_split, split_keys, typed, DataNeed, FinetuneSettings, Needs, SchemeRequest, Stored,
+};
+use super::kinds::Kind;
 use super::{JobContext, JobError, JobOutput, OutputModel};
 use crate::compress::quant::{
     quantize_par, to_bf16, to_f16, ErrorAccumulator, ErrorStats, QuantError, QuantizationConfig, QuantizedTensor,
     Scheme, TensorRecord, INT4_GROUP_SIZES, METADATA_KEY,
 };
+use crate::error::DomainError;
 use crate::tensorfile::{Dtype, TensorEntry, TensorPlan, TensorWriter, Tensorfile};
+
+/// `kind: "quantize"`: the scheme (see [`SchemeRequest`]), which tensors, and optionally an
+/// accuracy check of the stored artifact and quantization-aware fine-tuning first.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct QuantizeParams {
+    #[serde(flatten)]
+    pub scheme: SchemeRequest,
+    /// Only tensors whose name matches one of these globs (`*`, `?`).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Never these tensors.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Per-tensor schemes by glob (`{"fc3.weight": "int8", "embeddings.*": "f16"}`); `float`
+    /// keeps a tensor in its stored precision.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, String>,
+    /// Integer schemes: tensors with fewer elements stay float (default 1024).
+    #[serde(default = "d_min_elements")]
+    #[schema(default = 1024)]
+    pub min_elements: usize,
+    /// Measure accuracy of the stored artifact against the float model on this dataset.
+    #[serde(default)]
+    pub eval_dataset_id: Option<String>,
+    /// Split for the accuracy check (default `test`).
+    #[serde(default)]
+    pub eval_split: Option<String>,
+    /// Quantization-aware fine-tuning before the final quantization: trains with the selected
+    /// weights fake-quantized in the forward pass (straight-through estimator). Defaults as
+    /// `train`, but 3 epochs and lr 1e-4.
+    #[serde(default)]
+    pub finetune: Option<FinetuneSettings>,
+}
+
+/// The keys of [`QuantizeParams`] besides the scheme request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuantizeRest {
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default)]
+    overrides: BTreeMap<String, String>,
+    #[serde(default = "d_min_elements")]
+    min_elements: usize,
+    #[serde(default)]
+    eval_dataset_id: Option<String>,
+    #[serde(default)]
+    eval_split: Option<String>,
+    #[serde(default)]
+    finetune: Option<Value>,
+}
+
+fn d_min_elements() -> usize {
+    1024
+}
+
+impl Kind for QuantizeParams {
+    fn parse(params: &Value) -> Result<Self, DomainError> {
+        let scheme = SchemeRequest::parse(params)?;
+        let (_, rest) = split_keys(params, &SchemeRequest::KEYS);
+        let r: QuantizeRest = typed("params", rest)?;
+        for (glob, s) in &r.overrides {
+            if s != "float" {
+                s.parse::<Scheme>().map_err(|e| {
+                    DomainError::validation(format!("params.overrides.{glob}"), format!("unknown scheme '{s}': {e}"))
+                })?;
+            }
+        }
+        check_globs("params.include", &r.include)?;
+        check_globs("params.exclude", &r.exclude)?;
+        check_split("params.eval_split", r.eval_split.as_deref())?;
+        let finetune = match &r.finetune {
+            Some(v) => Some(FinetuneSettings::parse(
+                "params.finetune",
+                v,
+                &[("epochs", Value::from(3)), ("lr", Value::from(1e-4))],
+            )?),
+            None => None,
+        };
+        Ok(QuantizeParams {
+            scheme,
+            include: r.include,
+            exclude: r.exclude,
+            overrides: r.overrides,
+            min_elements: r.min_elements,
+            eval_dataset_id: r.eval_dataset_id,
+            eval_split: r.eval_split,
+            finetune,
+        })
+    }
+
+    fn needs(&self) -> Needs {
+        let mut n = Needs::default();
+        if let Some(d) = &self.eval_dataset_id {
+            n.spec = true;
+            n.data.push(DataNeed::new(
+                d,
+                "params.eval_dataset_id",
+                self.eval_split.as_deref(),
+                "params.eval_split",
+                true,
+            ));
+        }
+        if let Some(f) = &self.finetune {
+            n.spec = true;
+            n.data.push(f.need("params.finetune"));
+        }
+        n
+    }
+
+    /// The stored file must be float, and every tensor the plan quantizes must be able to hold
+    /// its scheme.
+    fn check(&self, stored: &Stored) -> Result<(), DomainError> {
+        let Some(model) = &stored.model else { return Ok(()) };
+        if crate::artifact::quant_config(&model.header).is_some() {
+            return Err(DomainError::validation(
+                "model_id",
+                "the model is already quantized; quantize its float parent instead",
+            ));
+        }
+        let base = self.scheme.scheme()?;
+        for t in &model.header.tensors {
+            let action =
+                plan_action(self, base, t).map_err(|e| DomainError::validation("params.overrides", e.to_string()))?;
+            if let Action::Quantize(s) = action {
+                if t.shape.is_empty() && !matches!(s, Scheme::F16 | Scheme::Bf16) {
+                    let field = match self.overrides.keys().find(|g| crate::glob::matches(g, &t.name)) {
+                        Some(g) => format!("params.overrides.{g}"),
+                        None => "params.scheme".to_string(),
+                    };
+                    return Err(DomainError::validation(
+                        field,
+                        format!("tensor '{}' is a scalar: scheme {} cannot hold it; keep it float", t.name, s.label()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&self, ctx: &JobContext) -> Result<JobOutput, JobError> {
+        run(ctx, self)
+    }
+}
 
 /// What happens to one tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,12 +283,13 @@ fn dtype_of(code: &str) -> Result<Dtype, JobError> {
     Dtype::parse(code).ok_or_else(|| JobError::Internal(format!("kernel produced unknown dtype {code}")))
 }
 
-pub fn run(ctx: &JobContext, p: &QuantizeParams) -> Result<JobOutput, JobError> {
+fn run(ctx: &JobContext, p: &QuantizeParams) -> Result<JobOutput, JobError> {
     let started = Instant::now();
-    let base = p.scheme().map_err(|e| JobError::invalid("params.scheme", e.detail))?;
+    let base = p.scheme.scheme().map_err(JobError::from)?;
     let input = ctx.input_model()?;
     let original = Tensorfile::open_trusted(&input.path)?;
     if crate::artifact::quant_config(&original.header).is_some() {
+        // Refused at submission (Kind::check); the file could only change by a restore.
         return Err(JobError::invalid("model_id", "the model is already quantized; quantize its float parent instead"));
     }
     // Quantization-aware fine-tuning first: the trained float weights are then quantized.
@@ -367,7 +520,7 @@ fn finetune(
     p: &QuantizeParams,
     base: Scheme,
     tf: &Tensorfile,
-    f: &super::params::FinetuneSettings,
+    f: &FinetuneSettings,
 ) -> Result<(crate::storage::TempFile, Value), JobError> {
     let input = ctx.input_model()?;
     let spec = super::engine::spec_of(input)?;

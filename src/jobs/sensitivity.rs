@@ -5,67 +5,74 @@
 //! precision.
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
 
+use super::common::{check_split, dataset, split_keys, typed, DataNeed, Needs, SchemeRequest};
 use super::engine::{load_network, load_params, load_split, spec_of};
-use super::params::{Needs, QuantizeParams};
+use super::kinds::Kind;
 use super::{JobContext, JobError, JobOutput};
 use crate::compress::quant::{quantize_par, QuantData, Scheme};
-use crate::error::ApiError;
+use crate::error::DomainError;
 use crate::nn::{compare, evaluate, Network, Param};
 
-/// Parameters: a scheme as for `quantize`, and the data to measure on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `kind: "sensitivity"`: a scheme as for `quantize`, and the labelled data to measure on.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct SensitivityParams {
-    pub scheme: String,
+    #[serde(flatten)]
+    pub scheme: SchemeRequest,
+    /// The labelled dataset (`dataset_id` is accepted as an alias).
+    pub eval_dataset_id: String,
+    /// Split to measure on (default `test`; `split` is accepted as an alias).
     #[serde(default)]
-    pub symmetric: Option<bool>,
-    #[serde(default)]
-    pub granularity: Option<String>,
-    #[serde(default)]
-    pub group_size: Option<usize>,
-    pub dataset_id: String,
-    /// Split to measure on (default `test`).
-    #[serde(default)]
-    pub split: Option<String>,
+    pub eval_split: Option<String>,
     /// How many of the worst layers to keep at higher precision in the suggestion (default:
     /// every layer costing more than 0.5 accuracy points, at most a quarter of the layers).
     #[serde(default)]
     pub suggest: Option<usize>,
 }
 
-impl SensitivityParams {
-    fn as_quantize(&self) -> QuantizeParams {
-        QuantizeParams {
-            scheme: self.scheme.clone(),
-            symmetric: self.symmetric,
-            granularity: self.granularity.clone(),
-            group_size: self.group_size,
-            include: Vec::new(),
-            exclude: Vec::new(),
-            overrides: Default::default(),
-            min_elements: 0,
-            eval_dataset_id: None,
-            eval_split: None,
-            finetune: None,
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SensitivityRest {
+    #[serde(alias = "dataset_id")]
+    eval_dataset_id: String,
+    #[serde(default, alias = "split")]
+    eval_split: Option<String>,
+    #[serde(default)]
+    suggest: Option<usize>,
+}
+
+impl Kind for SensitivityParams {
+    fn parse(params: &Value) -> Result<Self, DomainError> {
+        let scheme = SchemeRequest::parse(params)?;
+        let (_, rest) = split_keys(params, &SchemeRequest::KEYS);
+        let r: SensitivityRest = typed("params", rest)?;
+        check_split("params.eval_split", r.eval_split.as_deref())?;
+        Ok(SensitivityParams {
+            scheme,
+            eval_dataset_id: r.eval_dataset_id,
+            eval_split: r.eval_split,
+            suggest: r.suggest,
+        })
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            spec: true,
+            data: vec![DataNeed::new(
+                &self.eval_dataset_id,
+                "params.eval_dataset_id",
+                self.eval_split.as_deref(),
+                "params.eval_split",
+                true,
+            )],
+            ..Needs::default()
         }
     }
 
-    pub fn parse(v: &serde_json::Value) -> Result<SensitivityParams, ApiError> {
-        let p: SensitivityParams =
-            serde_json::from_value(v.clone()).map_err(|e| ApiError::validation("params", e.to_string()))?;
-        p.as_quantize().scheme()?;
-        if let Some(s) = p.split.as_deref() {
-            if !["train", "test", "all"].contains(&s) {
-                return Err(ApiError::validation("params.split", "train, test or all"));
-            }
-        }
-        Ok(p)
-    }
-
-    pub fn needs(&self) -> Needs {
-        Needs { spec: true, data: vec![(self.dataset_id.clone(), self.split.clone(), true)] }
+    fn run(&self, ctx: &JobContext) -> Result<JobOutput, JobError> {
+        run(ctx, self)
     }
 }
 
@@ -77,14 +84,14 @@ fn safer(scheme: Scheme) -> &'static str {
     }
 }
 
-pub fn run(ctx: &JobContext, p: &SensitivityParams) -> Result<JobOutput, JobError> {
+fn run(ctx: &JobContext, p: &SensitivityParams) -> Result<JobOutput, JobError> {
     let started = std::time::Instant::now();
-    let scheme = p.as_quantize().scheme().map_err(|e| JobError::invalid("params.scheme", e.detail))?;
+    let scheme = p.scheme.scheme()?;
     let model = ctx.input_model()?;
     let spec = spec_of(model)?;
     let (_, float_net) = load_network(model)?;
-    let ds = ctx.datasets.get(&p.dataset_id).ok_or_else(|| JobError::invalid("params.dataset_id", "not available"))?;
-    let (split, data) = load_split(ds, p.split.as_deref(), "test")?;
+    let ds = dataset(ctx, &p.eval_dataset_id, "params.eval_dataset_id")?;
+    let (split, data) = load_split(ds, p.eval_split.as_deref(), "test")?;
     let y =
         data.y.clone().ok_or_else(|| JobError::invalid("params.split", format!("split '{split}' has no labels")))?;
     let base = evaluate(&float_net, &data.x, &y, 256)?;
@@ -146,7 +153,7 @@ pub fn run(ctx: &JobContext, p: &SensitivityParams) -> Result<JobOutput, JobErro
     let report = json!({
         "kind": "sensitivity",
         "scheme": scheme.label(),
-        "dataset_id": p.dataset_id,
+        "dataset_id": p.eval_dataset_id,
         "split": split,
         "float_accuracy": base.accuracy,
         "layers": rows,

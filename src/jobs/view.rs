@@ -6,15 +6,16 @@ use utoipa::ToSchema;
 
 use crate::db::JobRow;
 use crate::error::Problem;
+use crate::jobs::{JobKind, JobStatus};
 
 /// A job.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Job {
     pub id: String,
-    /// `quantize`, `prune`, `distill`, `evaluate`, `train`, …
+    /// `quantize`, `prune`, `distill`, `evaluate`, `train`, `sensitivity`.
+    #[schema(value_type = JobKind)]
     pub kind: String,
-    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: JobStatus,
     /// 0..1.
     pub progress: f64,
     pub stage: Option<String>,

@@ -52,10 +52,10 @@ fn worker_loop(index: usize, job_threads: usize, rx: Arc<Mutex<Receiver<JobComma
             return; // dispatcher gone: shutting down
         };
         let JobCommand { ctx, permit, claimed_at } = cmd;
-        let span = tracing::info_span!("job", job_id = %ctx.id, kind = ctx.params.kind());
+        let span = tracing::info_span!("job", job_id = %ctx.id, kind = ctx.params.kind().as_str());
         let result = span.in_scope(|| {
             tracing::info!("job started");
-            let r = pool.install(|| std::panic::catch_unwind(AssertUnwindSafe(|| super::runner::run_job(&ctx))));
+            let r = pool.install(|| std::panic::catch_unwind(AssertUnwindSafe(|| ctx.params.run(&ctx))));
             match r {
                 Ok(r) => r,
                 Err(panic) => {
@@ -70,7 +70,9 @@ fn worker_loop(index: usize, job_threads: usize, rx: Arc<Mutex<Receiver<JobComma
         });
         let finished = Finished {
             job_id: ctx.id.clone(),
-            kind: ctx.params.kind().to_string(),
+            kind: ctx.params.kind(),
+            parent_model_id: ctx.model.as_ref().map(|m| m.id.clone()),
+            tenant: ctx.tenant.clone(),
             result,
             permit,
             duration: claimed_at.elapsed(),

@@ -194,7 +194,8 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    fn validate(&self) -> Result<(), NnError> {
+    /// Refuses a configuration the training loop cannot run (also used at job submission).
+    pub fn validate(&self) -> Result<(), NnError> {
         let bad = |m: String| Err(NnError::Train(m));
         if self.epochs == 0 || self.epochs > 100_000 {
             return bad(format!("epochs must be 1 to 100000, got {}", self.epochs));

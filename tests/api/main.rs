@@ -14,3 +14,4 @@ mod predict;
 mod prune;
 mod quantize;
 mod restart;
+mod submission;

@@ -1,4 +1,4 @@
-//! The axum side of authentication: [`authenticate`] runs on every request (as a router layer),
+//! The axum side of authentication (runs on the runtime, per request): [`authenticate`] runs on every request (as a router layer),
 //! decides who the caller is for `/v1` routes, applies the per-key rate limit, and stores the
 //! [`Caller`] as a request extension; handlers take it with the [`Caller`] extractor.
 //!
@@ -14,9 +14,23 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{constant_time_eq, hash_key, is_admin_key, Caller, Role, Tenant};
-use crate::api::AppState;
-use crate::error::{ApiError, ErrorCode};
+use std::sync::Arc;
+
+use super::error::{ApiError, ErrorCode};
+use crate::auth::{constant_time_eq, hash_key, is_admin_key, Caller, Role, Secret, Tenant};
+use crate::db::Db;
+use crate::limits::Limits;
+use crate::telemetry::Metrics;
+
+/// What the authentication layer needs, and nothing more: the admin key, the key table, the
+/// rate limiter and the rejection counter.
+#[derive(Clone)]
+pub struct AuthState {
+    pub admin_key: Option<Secret>,
+    pub db: Db,
+    pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
+}
 
 /// Whether a path needs a key when keys are configured.
 pub fn is_protected(path: &str) -> bool {
@@ -39,8 +53,8 @@ pub fn unauthorized(detail: &str) -> Response {
 }
 
 /// Who is calling, or the response that refuses the request.
-async fn identify(st: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
-    let Some(admin) = &st.config.auth.admin_key else {
+async fn identify(st: &AuthState, headers: &HeaderMap) -> Result<Caller, Response> {
+    let Some(admin) = &st.admin_key else {
         return Ok(Caller::open());
     };
     let Some(token) = bearer(headers) else {
@@ -65,7 +79,7 @@ async fn identify(st: &AppState, headers: &HeaderMap) -> Result<Caller, Response
 }
 
 /// Middleware: authenticates `/v1` requests and applies the per-key rate limit.
-pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate(State(st): State<AuthState>, mut req: Request, next: Next) -> Response {
     if !is_protected(req.uri().path()) {
         return next.run(req).await;
     }
