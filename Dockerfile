@@ -1,9 +1,12 @@
 # syntax=docker/dockerfile:1
 # Build stage: the same cargo commands CI runs (.ci/run builds and tests with cargo).
+# Every path the build reads must be copied: tests/api/deploy.rs checks this list against the
+# include_str!/include_bytes! targets, sqlx::migrate! folder, build.rs and Cargo.toml targets.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY assets ./assets
 COPY migrations ./migrations
 COPY benches ./benches
 COPY tests ./tests
@@ -25,6 +28,6 @@ ENV MODELPRESS_BIND=0.0.0.0:8080 \
 VOLUME ["/data"]
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["curl", "-fsS", "http://127.0.0.1:8080/healthz"]
+    CMD ["curl", "-fsS", "http://127.0.0.1:8080/readyz"]
 ENTRYPOINT ["/usr/local/bin/modelpress"]
 CMD ["serve"]

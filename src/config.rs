@@ -130,6 +130,12 @@ pub struct Config {
     pub enable_test_jobs: bool,
 }
 
+/// A configuration the service refuses to start with (public bind without keys, unreadable key
+/// file, …). `main` prints it as one line and exits with status 2, like clap's usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
 impl Config {
     /// Defaults for tests and embedding: everything as on the command line, with the given
     /// data directory and a free port on loopback.

@@ -161,14 +161,18 @@ pub fn inspect(path: &Path, limits: HeaderLimits) -> Result<DatasetInfo, Dataset
 /// Converts a CSV (header row, numeric columns, one label column) into a safetensors dataset
 /// with `x` (F32 [N, features]) and `y` (I64 [N]). `label` names the label column (default:
 /// `label` if present, else the last column); `label = ""` means unlabelled.
+///
+/// Parsing is the `csv` crate's (RFC 4180 quoting, `"1.0"` cells, a leading UTF-8 BOM, CRLF,
+/// blank lines skipped), streamed from the file in two passes so memory stays flat whatever the
+/// upload size: the first validates every cell and counts the rows (the safetensors header
+/// needs the shape before any data), the second writes `x` row by row. Only the labels (8 bytes
+/// a row) are kept in memory, because `y` follows `x` in the file.
 pub fn csv_to_safetensors(csv: &Path, out: &Path, label: Option<&str>) -> Result<DatasetInfo, DatasetError> {
-    let text = std::fs::read_to_string(csv).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidData => invalid("CSV must be UTF-8 text"),
-        _ => DatasetError::Io(e),
-    })?;
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    let (_, header) = lines.next().ok_or_else(|| invalid("CSV is empty"))?;
-    let cols: Vec<String> = header.split(',').map(|c| c.trim().trim_matches('"').to_string()).collect();
+    let mut reader = csv_reader(csv)?;
+    let cols: Vec<String> = reader.headers().map_err(csv_error)?.iter().map(str::to_string).collect();
+    if cols.iter().all(|c| c.is_empty()) {
+        return Err(invalid("CSV is empty"));
+    }
     let label_idx = match label {
         Some("") => None,
         Some(name) => Some(
@@ -182,37 +186,13 @@ pub fn csv_to_safetensors(csv: &Path, out: &Path, label: Option<&str>) -> Result
     if features == 0 {
         return Err(invalid("CSV has no feature columns"));
     }
-    let mut xs: Vec<f32> = Vec::new();
-    let mut ys: Vec<i64> = Vec::new();
-    for (lineno, line) in lines {
-        let cells: Vec<&str> = line.split(',').collect();
-        if cells.len() != cols.len() {
-            return Err(invalid(format!("line {}: {} cells, header has {}", lineno + 1, cells.len(), cols.len())));
-        }
-        for (i, c) in cells.iter().enumerate() {
-            let c = c.trim();
-            if Some(i) == label_idx {
-                let v: f64 =
-                    c.parse().map_err(|_| invalid(format!("line {}: label '{c}' is not a number", lineno + 1)))?;
-                if v.fract() != 0.0 || v < 0.0 || v >= MAX_CLASSES as f64 {
-                    return Err(invalid(format!(
-                        "line {}: label {c} must be an integer in 0..{MAX_CLASSES}",
-                        lineno + 1
-                    )));
-                }
-                ys.push(v as i64);
-            } else {
-                let v: f32 = c.parse().map_err(|_| {
-                    invalid(format!("line {}, column '{}': '{c}' is not a number", lineno + 1, cols[i]))
-                })?;
-                if !v.is_finite() {
-                    return Err(invalid(format!("line {}, column '{}': value must be finite", lineno + 1, cols[i])));
-                }
-                xs.push(v);
-            }
-        }
+    let mut row = CsvRow { cols: &cols, label_idx, xs: Vec::with_capacity(features), label: None };
+    let mut record = csv::StringRecord::new();
+    let mut n = 0usize;
+    while reader.read_record(&mut record).map_err(csv_error)? {
+        row.parse(&record)?;
+        n += 1;
     }
-    let n = xs.len() / features;
     if n == 0 {
         return Err(invalid("CSV has a header but no rows"));
     }
@@ -224,13 +204,83 @@ pub fn csv_to_safetensors(csv: &Path, out: &Path, label: Option<&str>) -> Result
     meta.insert("modelpress.source_format".to_string(), "csv".to_string());
     meta.insert("modelpress.columns".to_string(), serde_json::to_string(&cols).unwrap_or_default());
     let mut w = TensorWriter::create(out, plans, &meta)?;
-    w.write_f32_as(&xs)?;
-    if label_idx.is_some() {
-        let yb: Vec<u8> = ys.iter().flat_map(|v| v.to_le_bytes()).collect();
-        w.write(&yb)?;
+    let mut reader = csv_reader(csv)?;
+    reader.headers().map_err(csv_error)?;
+    let mut ys: Vec<u8> = Vec::with_capacity(if label_idx.is_some() { n * 8 } else { 0 });
+    let mut bytes = Vec::with_capacity(features * 4);
+    let mut second = 0usize;
+    while reader.read_record(&mut record).map_err(csv_error)? {
+        row.parse(&record)?;
+        bytes.clear();
+        row.xs.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+        w.write(&bytes)?;
+        if let Some(y) = row.label {
+            ys.extend_from_slice(&y.to_le_bytes());
+        }
+        second += 1;
     }
+    if second != n {
+        return Err(invalid("the CSV changed while it was being read"));
+    }
+    w.write(&ys)?;
     w.finish()?;
     inspect(out, HeaderLimits::default())
+}
+
+fn csv_reader(path: &Path) -> Result<csv::Reader<std::fs::File>, DatasetError> {
+    // csv buffers internally (64 KiB): no BufReader needed.
+    Ok(csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(std::fs::File::open(path)?))
+}
+
+fn csv_error(e: csv::Error) -> DatasetError {
+    let line = e.position().map(|p| format!("line {}: ", p.line())).unwrap_or_default();
+    let msg = e.to_string();
+    match e.into_kind() {
+        csv::ErrorKind::Io(io) => DatasetError::Io(io),
+        csv::ErrorKind::Utf8 { .. } => invalid(format!("{line}CSV must be UTF-8 text")),
+        _ => invalid(format!("{line}malformed CSV: {msg}")),
+    }
+}
+
+/// One parsed row, its buffers reused across rows.
+struct CsvRow<'a> {
+    cols: &'a [String],
+    label_idx: Option<usize>,
+    xs: Vec<f32>,
+    label: Option<i64>,
+}
+
+impl CsvRow<'_> {
+    fn parse(&mut self, record: &csv::StringRecord) -> Result<(), DatasetError> {
+        let line = record.position().map_or(0, |p| p.line());
+        if record.len() != self.cols.len() {
+            return Err(invalid(format!("line {line}: {} cells, header has {}", record.len(), self.cols.len())));
+        }
+        self.xs.clear();
+        self.label = None;
+        for (i, c) in record.iter().enumerate() {
+            if Some(i) == self.label_idx {
+                let v: f64 = c.parse().map_err(|_| invalid(format!("line {line}: label '{c}' is not a number")))?;
+                if v.fract() != 0.0 || v < 0.0 || v >= MAX_CLASSES as f64 {
+                    return Err(invalid(format!("line {line}: label {c} must be an integer in 0..{MAX_CLASSES}")));
+                }
+                self.label = Some(v as i64);
+            } else {
+                let v: f32 = c
+                    .parse()
+                    .map_err(|_| invalid(format!("line {line}, column '{}': '{c}' is not a number", self.cols[i])))?;
+                if !v.is_finite() {
+                    return Err(invalid(format!("line {line}, column '{}': value must be finite", self.cols[i])));
+                }
+                self.xs.push(v);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -245,6 +295,25 @@ mod tests {
         assert_eq!((train.samples, train.sample_shape.clone(), train.classes), (1437, vec![64], Some(10)));
         assert_eq!(train.class_counts.as_ref().unwrap().iter().sum::<u64>(), 1437);
         assert_eq!(info.split("test").unwrap().samples, 360);
+    }
+
+    #[test]
+    fn csv_quoting_bom_crlf_and_spaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("d.csv");
+        let out = dir.path().join("d.safetensors");
+        let body = "\u{feff}\"a\",\"b, with comma\",label\r\n\"1.0\", 2 ,\"0\"\r\n\r\n3,\"-4.5e1\",1\r\n";
+        std::fs::write(&csv, body).unwrap();
+        let info = csv_to_safetensors(&csv, &out, Some("label")).unwrap();
+        assert_eq!(info.split("all").unwrap().samples, 2);
+        let tf = Tensorfile::open_trusted(&out).unwrap();
+        assert_eq!(tf.to_f32(tf.entry("x").unwrap()).unwrap(), vec![1., 2., 3., -45.]);
+        let cols: Vec<String> = serde_json::from_str(&tf.header.metadata["modelpress.columns"]).unwrap();
+        assert_eq!(cols, ["a", "b, with comma", "label"], "BOM stripped, quotes removed");
+        // Unlabelled: every column is a feature.
+        std::fs::write(&csv, "\u{feff}a,b\n1,2\n").unwrap();
+        let info = csv_to_safetensors(&csv, &out, Some("")).unwrap();
+        assert!(!info.split("all").unwrap().labelled);
     }
 
     #[test]
@@ -264,10 +333,14 @@ mod tests {
             ("a,label\n1,-1\n", "must be an integer"),
             ("a,label\n", "no rows"),
             ("a,b,label\n1,nan,0\n", "finite"),
+            ("a,label\n\"1,0\n", "cells"),
         ] {
             std::fs::write(&csv, body).unwrap();
             let e = csv_to_safetensors(&csv, &out, None).unwrap_err().to_string();
             assert!(e.contains(want), "{body}: {e}");
         }
+        std::fs::write(&csv, b"a,label\n\xff,0\n").unwrap();
+        let e = csv_to_safetensors(&csv, &out, None).unwrap_err().to_string();
+        assert!(e.contains("UTF-8"), "{e}");
     }
 }

@@ -1,11 +1,32 @@
 //! Thin binary: parse the command line, set up logging, run the service.
 
+use std::process::ExitCode;
+
 use clap::Parser;
-use modelpress::config::{Cli, Command};
+use modelpress::config::{Cli, Command, ConfigError};
 use modelpress::startup::Application;
 use modelpress::telemetry;
 
-fn main() -> anyhow::Result<()> {
+/// Exit status for a configuration the service refuses (clap uses 2 for usage errors too).
+const EXIT_CONFIG: u8 = 2;
+
+/// Start-up and fatal errors are printed as one line (the cause chain joined by `: `), never
+/// with a backtrace: an operator reading `docker logs` needs the reason, not our stack.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("modelpress: configuration error: {e:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("modelpress: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = match cli.command {
         Some(Command::Serve(config)) => config,

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::db;
 use crate::inference::{InferenceConfig, InferenceHandle};
 use crate::jobs::{JobError, JobsHandle};
@@ -37,9 +37,13 @@ impl StopHandle {
 }
 
 impl Application {
-    pub async fn build(config: Config) -> anyhow::Result<Application> {
-        // Before anything is created: refuse to expose the service without keys.
-        config.auth.check_bind(config.bind).map_err(anyhow::Error::msg)?;
+    pub async fn build(mut config: Config) -> anyhow::Result<Application> {
+        // Before anything else is created: load (or generate) the key file, then refuse to
+        // expose the service without keys. Both are `ConfigError`s (exit status 2).
+        if let Some(path) = config.auth.load_key_file().map_err(ConfigError)? {
+            tracing::warn!(path = %path.display(), "generated a new admin key into this file (read it from there)");
+        }
+        config.auth.check_bind(config.bind).map_err(ConfigError)?;
         let store = ArtifactStore::open(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let db = db::connect(&config.data_dir).await.context("opening the database")?;

@@ -57,11 +57,25 @@ type Labels = Vec<(&'static str, String)>;
 /// A gauge to render: name, help, labelled values.
 pub type Gauge<'a> = (&'a str, &'a str, Vec<(Labels, f64)>);
 
+/// A label value in the text exposition format: backslash, double quote and line feed are
+/// the three characters that must be escaped (anything else, UTF-8 included, goes as is).
+fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn fmt_labels(l: &Labels, extra: Option<(&str, String)>) -> String {
-    let mut parts: Vec<String> =
-        l.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    let mut parts: Vec<String> = l.iter().map(|(k, v)| format!("{k}=\"{}\"", escape_label_value(v))).collect();
     if let Some((k, v)) = extra {
-        parts.push(format!("{k}=\"{v}\""));
+        parts.push(format!("{k}=\"{}\"", escape_label_value(&v)));
     }
     if parts.is_empty() {
         String::new()
@@ -128,5 +142,25 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::default();
+        m.inc("modelpress_rejections_total", vec![("reason", "a\"b\\c\nd".to_string())], 1.0);
+        m.observe("modelpress_job_duration_seconds", vec![("kind", "x\ny".to_string())], 0.5);
+        let text = m.render(&[("modelpress_queue_depth", "Jobs queued", vec![(vec![("q", "\"".to_string())], 1.0)])]);
+        assert!(text.contains("modelpress_rejections_total{reason=\"a\\\"b\\\\c\\nd\"} 1\n"), "{text}");
+        assert!(text.contains("modelpress_job_duration_seconds_count{kind=\"x\\ny\"} 1\n"), "{text}");
+        assert!(text.contains("modelpress_queue_depth{q=\"\\\"\"} 1\n"), "{text}");
+        // Every sample stays on one line: no raw line feed inside a label set.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert_eq!(line.matches('{').count(), line.matches('}').count(), "{line}");
+        }
     }
 }

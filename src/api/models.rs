@@ -440,6 +440,14 @@ fn parse_range(h: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
     Ok(Some((start, end)))
 }
 
+/// Whether an `If-None-Match` value matches `etag` (a quoted strong tag). RFC 9110 §13.1.2
+/// compares weakly: `W/"x"` matches `"x"`; `*` matches any existing file.
+pub(super) fn if_none_match_matches(header: &str, etag: &str) -> bool {
+    let strip = |t: &str| t.trim().strip_prefix("W/").unwrap_or(t.trim()).to_string();
+    let want = strip(etag);
+    header.split(',').any(|t| t.trim() == "*" || strip(t) == want)
+}
+
 /// Serves a stored file with ETag, Range and If-None-Match support.
 pub(super) async fn serve_file(
     path: &std::path::Path,
@@ -449,7 +457,7 @@ pub(super) async fn serve_file(
 ) -> ApiResult<Response> {
     let etag = format!("\"{sha256}\"");
     if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
+        if if_none_match_matches(inm, &etag) {
             let mut r = StatusCode::NOT_MODIFIED.into_response();
             r.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).map_err(ApiError::internal)?);
             return Ok(r);
@@ -574,4 +582,26 @@ pub async fn download_model(
     let sha = tokio::fs::read_to_string(&sha_path).await?;
     let suffix = if format == "gguf" { "gguf".to_string() } else { "f32.safetensors".to_string() };
     serve_file(&path, sha.trim(), &safe_filename(&row.name, &suffix), &headers).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::if_none_match_matches;
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let tag = "\"abc\"";
+        for (h, want) in [
+            ("\"abc\"", true),
+            ("W/\"abc\"", true),
+            (" \"x\" , W/\"abc\" ", true),
+            ("*", true),
+            ("\"abcd\"", false),
+            ("W/\"ab\"", false),
+            ("abc", false),
+            ("", false),
+        ] {
+            assert_eq!(if_none_match_matches(h, tag), want, "{h}");
+        }
+    }
 }

@@ -63,8 +63,15 @@ impl FromStr for Secret {
 pub struct AuthConfig {
     /// Admin API key (at least 16 characters). When set, every `/v1` route needs
     /// `Authorization: Bearer <key>`; the admin creates tenant keys at `/v1/keys`. Never logged.
-    #[arg(long, env = "MODELPRESS_ADMIN_KEY", hide_env_values = true)]
+    #[arg(long, env = "MODELPRESS_ADMIN_KEY", hide_env_values = true, conflicts_with = "admin_key_file")]
     pub admin_key: Option<Secret>,
+
+    /// File holding the admin key (instead of `--admin-key`; first line, surrounding whitespace
+    /// ignored). If the file does not exist it is created at start-up with a fresh random key
+    /// (mode 0600), so a container works on first start without a secret baked into its
+    /// configuration: read the key back with `cat` on that file.
+    #[arg(long, env = "MODELPRESS_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<std::path::PathBuf>,
 
     /// Serve without keys on a non-loopback address (anyone who can reach the port can use and
     /// delete everything). Without this flag such a bind refuses to start.
@@ -78,6 +85,27 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
+    /// Loads `--admin-key-file` into `admin_key`, generating the file first when it does not
+    /// exist. Returns the path when a key was generated (the caller logs it; the key itself is
+    /// never logged). Errors are configuration errors, worded for the operator.
+    pub fn load_key_file(&mut self) -> Result<Option<std::path::PathBuf>, String> {
+        let Some(path) = self.admin_key_file.clone() else { return Ok(None) };
+        let mut generated = None;
+        if !path.exists() {
+            write_new_key_file(&path)
+                .map_err(|e| format!("cannot create the admin key file {}: {e}", path.display()))?;
+            generated = Some(path.clone());
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read the admin key file {}: {e}", path.display()))?;
+        let key = text.lines().next().unwrap_or_default().trim();
+        if key.is_empty() {
+            return Err(format!("the admin key file {} is empty", path.display()));
+        }
+        self.admin_key = Some(Secret::new(key));
+        Ok(generated)
+    }
+
     /// Refuses configurations that would expose the service without keys, or with a weak
     /// admin key. Logs which mode the service runs in.
     pub fn check_bind(&self, bind: SocketAddr) -> Result<(), String> {
@@ -139,6 +167,25 @@ impl Caller {
     pub fn admin() -> Caller {
         Caller { role: Role::Admin, tenant: Tenant::Default, key_id: "admin".into() }
     }
+}
+
+/// Creates `path` (and its parent) holding a fresh [`generate_key`], owner-only, never
+/// overwriting an existing file (`create_new`: two processes racing cannot swap keys).
+fn write_new_key_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    writeln!(f, "{}", generate_key())?;
+    f.sync_all()
 }
 
 /// A fresh key: `mp_` + 64 hex digits (32 random bytes from the OS-seeded CSPRNG).
@@ -218,13 +265,46 @@ mod tests {
         let s = Secret::new("hunter2-hunter2-hunter2");
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!format!("{s}").contains("hunter2"));
-        let c = AuthConfig { admin_key: Some(s), insecure_no_auth: false, cors_origins: vec![] };
+        let c = AuthConfig { admin_key: Some(s), insecure_no_auth: false, cors_origins: vec![], admin_key_file: None };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]
+    fn key_file_is_generated_once_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/admin.key");
+        let mut c = AuthConfig {
+            admin_key: None,
+            insecure_no_auth: false,
+            cors_origins: vec![],
+            admin_key_file: Some(path.clone()),
+        };
+        assert_eq!(c.load_key_file().unwrap(), Some(path.clone()));
+        let first = c.admin_key.clone().unwrap();
+        assert!(first.expose().starts_with(KEY_PREFIX) && first.expose().len() > MIN_ADMIN_KEY_LEN);
+        assert!(c.check_bind("0.0.0.0:8080".parse().unwrap()).is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        // Second start: the same key, nothing generated.
+        let mut again = AuthConfig { admin_key: None, ..c.clone() };
+        assert_eq!(again.load_key_file().unwrap(), None);
+        assert_eq!(again.admin_key.unwrap(), first);
+        // An operator-written file with surrounding whitespace.
+        std::fs::write(&path, "  a-long-enough-admin-key \n").unwrap();
+        let mut op = AuthConfig { admin_key: None, ..c.clone() };
+        op.load_key_file().unwrap();
+        assert_eq!(op.admin_key.unwrap().expose(), "a-long-enough-admin-key");
+        std::fs::write(&path, "\n").unwrap();
+        let mut empty = AuthConfig { admin_key: None, ..c };
+        assert!(empty.load_key_file().unwrap_err().contains("empty"));
+    }
+
+    #[test]
     fn bind_policy() {
-        let open = AuthConfig { admin_key: None, insecure_no_auth: false, cors_origins: vec![] };
+        let open = AuthConfig { admin_key: None, insecure_no_auth: false, cors_origins: vec![], admin_key_file: None };
         assert!(open.check_bind("127.0.0.1:0".parse().unwrap()).is_ok());
         assert!(open.check_bind("[::1]:0".parse().unwrap()).is_ok());
         let e = open.check_bind("0.0.0.0:8080".parse().unwrap()).unwrap_err();

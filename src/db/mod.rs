@@ -298,7 +298,40 @@ pub enum InsertJob {
 /// Inserts a queued job unless the queue holds `max_queued` jobs or (when `max_per_tenant` is
 /// set) the job's tenant has that many queued or running. Every input must exist and belong to
 /// the job's tenant.
+///
+/// Concurrent submissions with one `Idempotency-Key` race between the look-up and the insert:
+/// the loser either hits the unique index (`jobs_idempotency`) or, having read before the
+/// winner committed, cannot upgrade its WAL snapshot to a write (`SQLITE_BUSY_SNAPSHOT`, which
+/// the busy timeout does not retry). Both mean "someone else just wrote": the attempt is rolled
+/// back and repeated, and the repeat's look-up finds the winner's job (a replay or a 409).
 pub async fn insert_job(
+    db: &Db,
+    j: &NewJob,
+    max_queued: usize,
+    max_per_tenant: Option<usize>,
+) -> Result<InsertJob, sqlx::Error> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match insert_job_once(db, j, max_queued, max_per_tenant).await {
+            Err(e) if attempt < ATTEMPTS && j.idempotency_key.is_some() && lost_write_race(&e) => {
+                tracing::debug!(attempt, error = %e, "idempotent insert raced another request; re-reading");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A unique-index violation or a stale read snapshot that cannot become a write transaction.
+fn lost_write_race(e: &sqlx::Error) -> bool {
+    let Some(db) = e.as_database_error() else { return false };
+    // SQLITE_BUSY (5) and its extended codes (SQLITE_BUSY_SNAPSHOT = 517, …): sqlx reports the
+    // extended code, whose low byte is the primary one.
+    db.is_unique_violation() || db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == 5)
+}
+
+async fn insert_job_once(
     db: &Db,
     j: &NewJob,
     max_queued: usize,

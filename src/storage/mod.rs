@@ -1,7 +1,8 @@
 //! Artifact files under the data directory. Owned by the async side (handlers, reporter);
 //! workers only get paths.
 //!
-//! Layout: `models/<aa>/<id>.safetensors`, `datasets/<aa>/<id>.<ext>`, `tmp/` for everything
+//! Layout: `models/<zz>/<id>.safetensors`, `datasets/<zz>/<id>.<ext>` (`zz`: the id's last two
+//! hex digits, see [`ArtifactStore::path`]), `tmp/` for everything
 //! being written, `checkpoints/<job_id>/` for resumable jobs. Paths are built from
 //! server-generated ids only, never from client input. Every file is written under `tmp/`,
 //! fsynced, then renamed into place, so no partial file ever appears under a final name; a
@@ -39,6 +40,13 @@ impl ArtifactKind {
             ArtifactKind::Dataset => "datasets",
         }
     }
+}
+
+/// The shard folder of an id: its last two characters (random hex digits for a UUIDv7), lowercased.
+fn shard_of(id: &str) -> String {
+    let tail =
+        id.get(id.len().saturating_sub(2)..).filter(|t| t.len() == 2 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+    tail.map_or_else(|| "00".to_string(), str::to_ascii_lowercase)
 }
 
 /// The artifact store rooted at the data directory.
@@ -110,9 +118,22 @@ impl ArtifactStore {
     }
 
     /// Final path of an artifact. `id` is a server-generated UUID.
+    ///
+    /// Files are sharded by the id's last two hex digits: ids are UUIDv7, whose leading digits
+    /// are a timestamp (so `id[..2]` put every artifact of a year in one folder) and whose tail
+    /// is random. Data dirs written before used `id[..2]`; a file found only there is served
+    /// from there (one `stat`), so old data dirs load unchanged and new files use the new shard.
     pub fn path(&self, kind: ArtifactKind, id: &str, ext: &str) -> PathBuf {
-        let shard = id.get(..2).unwrap_or("00");
-        self.root.join(kind.dir()).join(shard).join(format!("{id}.{ext}"))
+        let file = format!("{id}.{ext}");
+        let dir = self.root.join(kind.dir());
+        let path = dir.join(shard_of(id)).join(&file);
+        if !path.exists() {
+            let legacy = dir.join(id.get(..2).unwrap_or("00")).join(&file);
+            if legacy.exists() {
+                return legacy;
+            }
+        }
+        path
     }
 
     pub fn model_path(&self, id: &str) -> PathBuf {
@@ -228,5 +249,45 @@ impl ArtifactStore {
             }
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_spread_uuid_v7_ids_and_old_paths_still_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        // Ids made in one burst share their leading (timestamp) digits but not their tails.
+        let ids: Vec<String> = (0..256).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+        let shards: std::collections::HashSet<_> =
+            ids.iter().map(|id| store.model_path(id).parent().unwrap().to_path_buf()).collect();
+        let legacy: std::collections::HashSet<_> = ids.iter().map(|id| &id[..2]).collect();
+        assert_eq!(legacy.len(), 1, "the old scheme put them all in one shard");
+        assert!(shards.len() > 100, "256 ids over {} shards", shards.len());
+        // A file stored under the old shard is found there; a new id goes to the new shard.
+        let id = &ids[0];
+        let old = dir.path().join("models").join(&id[..2]).join(format!("{id}.safetensors"));
+        std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+        std::fs::write(&old, b"x").unwrap();
+        assert_eq!(store.model_path(id), old);
+        let new = store.model_path(&ids[1]);
+        assert!(new.starts_with(dir.path().join("models").join(&ids[1][ids[1].len() - 2..])));
+        // The start-up sweep keeps known files in either layout and removes unknown ones.
+        let known: std::collections::HashSet<String> = [id.clone()].into();
+        std::fs::create_dir_all(new.parent().unwrap()).unwrap();
+        std::fs::write(&new, b"orphan").unwrap();
+        assert_eq!(store.sweep(ArtifactKind::Model, &known).unwrap(), 1);
+        assert!(old.exists() && !new.exists());
+    }
+
+    #[test]
+    fn odd_ids_get_a_fixed_shard() {
+        assert_eq!(shard_of("abcdef"), "ef");
+        assert_eq!(shard_of("ABCDEF"), "ef");
+        assert_eq!(shard_of("x"), "00");
+        assert_eq!(shard_of("ab/.."), "00");
     }
 }

@@ -2,9 +2,11 @@
 //! One binary (fast links); one module per resource.
 
 mod auth;
+mod deploy;
 mod distill;
 mod distill_mnist;
 mod engine;
+mod hardening;
 mod health;
 mod helpers;
 mod jobs;
