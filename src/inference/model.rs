@@ -12,10 +12,14 @@
 //!   blocks. Its repacked x86 fast path needs the inner dimension to be a multiple of 256 (and
 //!   `n` a multiple of the tile width); it covers Q4_K on AVX2 and Q8_0 only with AVX-512 VNNI /
 //!   AVX-VNNI. Other shapes and types take candle's generic per-row path.
-//! - int8 (symmetric) and int4 linear weights of that size are re-blocked without re-quantizing
-//!   (int8 → Q8_0, int4 → Q4_0 / Q4_1, see `compress::quant::tensor`) so they run on the same
-//!   kernels at a quarter / an eighth of the f32 memory traffic: the artifact is never
-//!   dequantized per request.
+//! - int8 linear weights of that size (symmetric or not, per channel or per tensor, any width up
+//!   to [`kernels::int8::MAX_K`]) run on our own int8 GEMM, [`kernels::Int8Linear`]: the stored
+//!   codes are packed once here, activations are quantized per row on the fly (ONNX Runtime's
+//!   `quantize_dynamic` method), AVX-512 VNNI / AVX2 / scalar chosen at run time. No f32 twin:
+//!   the kernel is fast at every batch size (measured in `docs/benchmarks.md`).
+//! - int4 linear weights of that size are re-blocked without re-quantizing
+//!   (int4 → Q4_0 / Q4_1, see `compress::quant::tensor`) so they run on candle's kernels at an
+//!   eighth of the f32 memory traffic: the artifact is never dequantized per request.
 //! - Smaller quantized layers (below 2²⁰ weights, e.g. all of the digits MLPs) are dequantized once at load
 //!   (exactly the stored values) and run as f32: at that size candle's per-op overhead
 //!   dominates and the f32 small-batch path is several times faster than `QMatMul`.
@@ -34,6 +38,7 @@ use serde::Serialize;
 
 use crate::artifact::{self, ArtifactError, LoadMode};
 use crate::compress::quant::{QuantData, Scheme};
+use crate::kernels::{self, Int8Linear};
 use crate::nn::spec::OutputKind;
 use crate::nn::{ModelSpec, Network, NnError, Param, ParamKind};
 use crate::tensorfile::{Header, Tensorfile};
@@ -81,6 +86,8 @@ pub struct ServingPlan {
 enum Target {
     F32,
     Ggml(GgmlDType),
+    /// [`kernels::Int8Linear`].
+    Int8,
 }
 
 fn ggml_name(d: GgmlDType) -> String {
@@ -96,8 +103,7 @@ fn quantized_target(scheme: &Scheme, shape: &[usize]) -> Target {
     }
     match *scheme {
         Scheme::Ggml(kind) => Target::Ggml(kind.dtype()),
-        // Re-blocking needs whole blocks of 32 along the row.
-        Scheme::Int8 { symmetric: true, .. } if last % 32 == 0 => Target::Ggml(GgmlDType::Q8_0),
+        Scheme::Int8 { .. } if last <= kernels::int8::MAX_K => Target::Int8,
         Scheme::Int4 { symmetric, .. } if last % 32 == 0 => {
             Target::Ggml(if symmetric { GgmlDType::Q4_0 } else { GgmlDType::Q4_1 })
         }
@@ -147,6 +153,14 @@ fn layer_kernel(name: &str, shape: &[usize], stored: String, target: Target) -> 
         Target::F32 => {
             ("f32".to_string(), "f32: engine small-batch path at ≤ 2 rows, candle gemm above".to_string(), None)
         }
+        Target::Int8 => (
+            "int8".to_string(),
+            format!(
+                "modelpress int8 GEMM ({}), activations quantized per row on the fly",
+                kernels::Isa::detect().name()
+            ),
+            None,
+        ),
         Target::Ggml(d) => {
             let name = ggml_name(d);
             if has_fast_path(d, shape) {
@@ -275,8 +289,8 @@ pub fn load(
     let mut params = artifact::load_params(path, LoadMode::Native)?;
     let tf = Tensorfile::open_trusted(path).map_err(ArtifactError::from)?;
     let plan = plan(&tf.header, &spec);
-    // int8/int4 linear weights that run on a quantized kernel: re-block the stored values
-    // (load_params handed them over as exact f32).
+    // int8 linear weights that run on the int8 kernel: pack the stored codes; int4 ones on a
+    // ggml kernel: re-block the stored values (load_params handed both over as exact f32).
     let reblock: Vec<&str> = plan
         .layers
         .iter()
@@ -286,7 +300,18 @@ pub fn load(
     let mut exact_f32: HashMap<String, Param> = HashMap::new();
     if !reblock.is_empty() {
         for q in artifact::quantized_tensors(&tf)? {
-            if reblock.contains(&q.name.as_str()) && matches!(q.data, QuantData::Int8(_) | QuantData::Int4(_)) {
+            if !reblock.contains(&q.name.as_str()) {
+                continue;
+            }
+            if let QuantData::Int8(d) = &q.data {
+                let (n, k) = match d.shape[..] {
+                    [n, k] => (n, k),
+                    _ => return Err(LoadError::Unusable(format!("{}: int8 weight of shape {:?}", q.name, d.shape))),
+                };
+                let w = Int8Linear::new(&d.values, n, k, &d.scales, d.zero_points.as_deref())
+                    .map_err(|e| LoadError::Unusable(format!("{}: {e}", q.name)))?;
+                params.insert(q.name.clone(), Param::Int8(Arc::new(w)));
+            } else if matches!(q.data, QuantData::Int4(_)) {
                 let qt = Param::Quantized(Arc::new(q.to_qtensor().map_err(ArtifactError::from)?));
                 // The exact values stay for the f32 twin (re-blocking rounds scales to f16).
                 if let Some(exact) = params.insert(q.name.clone(), qt) {
@@ -347,6 +372,7 @@ fn resident_bytes(params: &HashMap<String, Param>) -> u64 {
             Param::Float(t) => 4 * t.elem_count() as u64,
             // Repacked tiles of the fast path take about as much again.
             Param::Quantized(q) => 2 * q.storage_size_in_bytes() as u64,
+            Param::Int8(w) => w.resident_bytes() as u64,
         })
         .sum()
 }
@@ -472,13 +498,13 @@ mod tests {
     fn small_quantized_layers_run_as_f32() {
         let int8 = Scheme::Int8 { symmetric: true, granularity: crate::compress::quant::Granularity::PerChannel };
         assert_eq!(quantized_target(&int8, &[256, 64]), Target::F32);
-        assert_eq!(quantized_target(&int8, &[4096, 4096]), Target::Ggml(GgmlDType::Q8_0));
-        assert_eq!(quantized_target(&int8, &[4096, 784]), Target::F32);
+        assert_eq!(quantized_target(&int8, &[4096, 4096]), Target::Int8);
+        assert_eq!(quantized_target(&int8, &[4096, 784]), Target::Int8);
         let q4k = Scheme::Ggml(crate::compress::quant::GgmlKind::Q4K);
         assert_eq!(quantized_target(&q4k, &[4096, 4096]), Target::Ggml(GgmlDType::Q4K));
         let i4 = Scheme::Int4 { group_size: 128, symmetric: true };
         assert_eq!(quantized_target(&i4, &[4096, 4096]), Target::Ggml(GgmlDType::Q4_0));
         let asym = Scheme::Int8 { symmetric: false, granularity: crate::compress::quant::Granularity::PerChannel };
-        assert_eq!(quantized_target(&asym, &[4096, 4096]), Target::F32);
+        assert_eq!(quantized_target(&asym, &[4096, 4096]), Target::Int8);
     }
 }

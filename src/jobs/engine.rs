@@ -60,7 +60,7 @@ pub fn float_tensors(params: &HashMap<String, Param>) -> HashMap<String, Tensor>
         .iter()
         .filter_map(|(k, p)| match p {
             Param::Float(t) => Some((k.clone(), t.clone())),
-            Param::Quantized(_) => None,
+            Param::Quantized(_) | Param::Int8(_) => None,
         })
         .collect()
 }

@@ -5,7 +5,8 @@
 //! accuracy; `forward` is `&self`, and a `Network` is `Send + Sync`, so threads share one.
 //! At load, float weights of any float dtype become f32 (bf16 matmul is slow on CPU), batch norm
 //! is folded into a per-channel scale and shift, linear weights are stored transposed and
-//! contiguous. Quantized linear weights run through candle's `QMatMul`; quantized weights of any
+//! contiguous. Quantized linear weights run through candle's `QMatMul`, or, for int8 weights
+//! handed over as [`Param::Int8`], through [`crate::kernels::Int8Linear`] (bias fused); quantized weights of any
 //! other layer are dequantized to f32 at load (documented in `docs/spec.md`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,6 +19,7 @@ use super::dense::{self, DenseChain, LinearWeights};
 use super::ops::{self, Preprocessor};
 use super::spec::{layer_prefix, Layer, ModelSpec, OutputKind, Slot, TensorMeta};
 use super::NnError;
+use crate::kernels::Int8Linear;
 
 /// One parameter tensor handed to [`Network::new`].
 #[derive(Debug, Clone)]
@@ -26,6 +28,8 @@ pub enum Param {
     Float(Tensor),
     /// A quantized tensor (ggml block format); its logical shape is the float shape.
     Quantized(Arc<QTensor>),
+    /// An int8 linear weight packed for [`crate::kernels::Int8Linear`] (logical shape `[out, in]`).
+    Int8(Arc<Int8Linear>),
 }
 
 impl Param {
@@ -34,6 +38,7 @@ impl Param {
         match self {
             Param::Float(t) => TensorMeta { dtype: dtype_name(t.dtype()).to_string(), shape: t.dims().to_vec() },
             Param::Quantized(q) => TensorMeta { dtype: "F32".to_string(), shape: q.shape().dims().to_vec() },
+            Param::Int8(w) => TensorMeta { dtype: "F32".to_string(), shape: vec![w.out_features(), w.in_features()] },
         }
     }
 
@@ -41,6 +46,7 @@ impl Param {
         let t = match self {
             Param::Float(t) => t.to_dtype(DType::F32)?,
             Param::Quantized(q) => q.dequantize(&Device::Cpu)?,
+            Param::Int8(w) => Tensor::from_vec(w.dequantize(), (w.out_features(), w.in_features()), &Device::Cpu)?,
         };
         check_finite(name, &t)?;
         Ok(t)
@@ -76,6 +82,11 @@ enum LinearWeight {
     /// `W^T`, contiguous `[in, out]`.
     Float(Tensor),
     Quantized(QMatMul),
+    /// Our int8 GEMM with the bias fused into its epilogue.
+    Int8 {
+        w: Arc<Int8Linear>,
+        bias: Option<Vec<f32>>,
+    },
 }
 
 enum Node {
@@ -267,6 +278,7 @@ fn run_node(node: &Node, x: &Tensor) -> candle_core::Result<Tensor> {
             let y = match w {
                 LinearWeight::Float(wt) => x2.matmul(wt)?,
                 LinearWeight::Quantized(q) => q.forward(&x2.contiguous()?)?,
+                LinearWeight::Int8 { w, bias } => int8_forward(w, bias.as_deref(), &x2)?,
             };
             let y = match b {
                 Some(b) => y.broadcast_add(b)?,
@@ -312,6 +324,15 @@ fn run_node(node: &Node, x: &Tensor) -> candle_core::Result<Tensor> {
         }
         Node::Seq(nodes) => run(nodes, x),
     }
+}
+
+/// `[rows, in]` → `[rows, out]` through the int8 kernel (bias included).
+fn int8_forward(w: &Int8Linear, bias: Option<&[f32]>, x: &Tensor) -> candle_core::Result<Tensor> {
+    let rows = x.dim(0)?;
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; rows * w.out_features()];
+    w.forward(&xs, rows, bias, &mut out).map_err(candle_core::Error::wrap)?;
+    Tensor::from_vec(out, (rows, w.out_features()), x.device())
 }
 
 /// Layer norm over the last `dims` dims (shared with training, which passes its own weights).
@@ -367,11 +388,15 @@ impl Builder<'_> {
         let node = match layer {
             Layer::Linear(l) => {
                 let wname = format!("{prefix}.weight");
-                let w = match self.params.get(&wname) {
-                    Some(Param::Quantized(q)) => LinearWeight::Quantized(QMatMul::from_arc(q.clone())?),
-                    _ => LinearWeight::Float(self.f32(&wname)?.t()?.contiguous()?),
-                };
                 let b = if l.bias { Some(self.f32(&format!("{prefix}.bias"))?) } else { None };
+                let (w, b) = match self.params.get(&wname) {
+                    Some(Param::Quantized(q)) => (LinearWeight::Quantized(QMatMul::from_arc(q.clone())?), b),
+                    Some(Param::Int8(w)) => {
+                        let bias = b.map(|b| b.to_vec1::<f32>()).transpose()?;
+                        (LinearWeight::Int8 { w: w.clone(), bias }, None)
+                    }
+                    _ => (LinearWeight::Float(self.f32(&wname)?.t()?.contiguous()?), b),
+                };
                 Node::Linear { w, b, out: l.out_features }
             }
             Layer::Conv2d(c) => {
