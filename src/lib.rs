@@ -8,6 +8,9 @@
 //!   compute of one job at a time. They never touch the database: they receive a fully resolved
 //!   [`jobs::JobCommand`] and send progress and the outcome back over bounded channels.
 //!
+//! - Webhook deliveries run on the runtime too ([`webhooks::sender`]): network I/O with a
+//!   timeout, queued durably by a database trigger when a job ends.
+//!
 //! # Layers
 //! `api → jobs / storage / db → compress / nn / tensorfile`. The compute modules (`compress`,
 //! `nn`, `tensorfile`) know nothing of HTTP, tokio or SQL.
@@ -15,6 +18,7 @@
 pub mod api;
 pub mod artifact;
 pub mod auth;
+pub mod cli;
 pub mod compress;
 pub mod config;
 pub mod datasets;
@@ -25,8 +29,10 @@ pub mod inference;
 pub mod jobs;
 pub mod limits;
 pub mod nn;
+pub mod report;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
 pub mod tensorfile;
 pub mod time;
+pub mod webhooks;

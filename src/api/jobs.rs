@@ -35,6 +35,9 @@ pub struct CreateJob {
     /// Kind-specific parameters (see the README and docs for each kind).
     #[schema(value_type = Option<Object>)]
     pub params: Option<Value>,
+    /// Where to POST a signed event when the job ends (besides the tenant's `/v1/webhooks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<super::webhooks::JobWebhook>,
 }
 
 /// A page of jobs.
@@ -128,7 +131,8 @@ async fn precheck(
     params(("Idempotency-Key" = Option<String>, Header, description = "Retry key: the same key and body return the same job")),
     responses(
         (status = 202, description = "Queued (or the earlier job for a repeated Idempotency-Key)", body = Job,
-            headers(("Location" = String, description = "URL of the job"))),
+            headers(("Location" = String, description = "URL of the job"),
+                ("Modelpress-Webhook-Secret" = String, description = "The generated signing secret of the job's `webhook` (only when it had none; shown only now)"))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency-Key reused with a different body", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
@@ -172,7 +176,10 @@ pub async fn create_job(
         (Role::Tenant, n) if n > 0 => Some(n),
         _ => None,
     };
-    let (row, replayed) = match db::insert_job(&st.db, &new, st.config.max_queued_jobs, quota).await? {
+    let hook = super::webhooks::StagedJobWebhook::stage(&st, body.webhook.as_ref(), &new.id).await?;
+    let inserted = db::insert_job(&st.db, &new, st.config.max_queued_jobs, quota).await?;
+    let hook = super::webhooks::StagedJobWebhook::settle(hook, &st, matches!(inserted, InsertJob::Inserted(_))).await?;
+    let (row, replayed) = match inserted {
         InsertJob::Inserted(r) => (r, false),
         InsertJob::Replayed(r) => (r, true),
         InsertJob::KeyConflict => {
@@ -214,6 +221,7 @@ pub async fn create_job(
     if replayed {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
+    super::webhooks::StagedJobWebhook::show_secret(hook, &mut resp)?;
     Ok(resp)
 }
 

@@ -15,6 +15,7 @@ use crate::auth::Tenant;
 use crate::time::now_rfc3339;
 
 pub mod keys;
+pub mod webhooks;
 
 pub type Db = SqlitePool;
 

@@ -2,6 +2,7 @@
 //! One binary (fast links); one module per resource.
 
 mod auth;
+mod cli;
 mod distill;
 mod distill_mnist;
 mod engine;
@@ -14,3 +15,4 @@ mod predict;
 mod prune;
 mod quantize;
 mod restart;
+mod webhooks;
