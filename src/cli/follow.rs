@@ -17,7 +17,7 @@ use crate::jobs::is_terminal;
 /// Where progress goes.
 enum Display {
     Bar(ProgressBar),
-    Plain { last_pct: i64, last_stage: String },
+    Plain { last_pct: i64, last_status: String, last_line: Instant },
     None,
 }
 
@@ -30,7 +30,7 @@ impl Display {
             ProgressMode::None => return Display::None,
         };
         if !bar {
-            return Display::Plain { last_pct: -1, last_stage: String::new() };
+            return Display::Plain { last_pct: -1, last_status: String::new(), last_line: Instant::now() };
         }
         // `term_like` would hide the bar when stderr is not a terminal; `--progress bar` means
         // draw anyway (and the pty test relies on auto detecting the terminal).
@@ -50,13 +50,18 @@ impl Display {
                 pb.set_position((progress.clamp(0.0, 1.0) * 1000.0) as u64);
                 pb.set_message(if stage.is_empty() { status.to_string() } else { format!("{status}: {stage}") });
             }
-            Display::Plain { last_pct, last_stage } => {
+            Display::Plain { last_pct, last_status, last_line } => {
                 let pct = (progress * 100.0).floor() as i64;
-                // A line per stage change or 10 points, so logs stay short.
-                if stage != last_stage || pct >= *last_pct + 10 || (*last_pct < 0) {
+                // CI logs stay short: a line when the status changes, every 10 points, or at
+                // most every 10 s while the stage text moves (long epochs).
+                let due = status != last_status
+                    || pct >= *last_pct + 10
+                    || (pct != *last_pct && last_line.elapsed() >= Duration::from_secs(10));
+                if due {
                     eprintln!("{status} {pct:>3}% {stage}");
                     *last_pct = pct;
-                    *last_stage = stage.to_string();
+                    *last_status = status.to_string();
+                    *last_line = Instant::now();
                 }
             }
             Display::None => {}

@@ -571,7 +571,10 @@ mod local {
 
     pub async fn start(dir: &Path) -> anyhow::Result<Local> {
         // Everything as `serve` would read it from the environment, on a free loopback port.
-        let config = Config::for_tests(dir.to_path_buf());
+        let mut config = Config::for_tests(dir.to_path_buf());
+        // Only this process can reach it (loopback, port 0): no keys, even if the environment
+        // holds the server's admin key.
+        config.auth.admin_key = None;
         let app = Application::build(config).await?;
         let base = format!("http://{}", app.addr());
         let stop = app.stop_handle();

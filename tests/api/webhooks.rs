@@ -84,6 +84,19 @@ async fn deliveries(app: &TestApp, job: &str) -> Vec<Value> {
     app.get_json(&format!("/v1/jobs/{job}/deliveries")).await["items"].as_array().unwrap().clone()
 }
 
+/// Polls the job's deliveries until `done` holds (10 s at most).
+async fn wait_deliveries(app: &TestApp, job: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = deliveries(app, job).await;
+        if done(&d) {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "deliveries never reached the expected state: {d:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn sleep_job(app: &TestApp, webhook: Value) -> reqwest::Response {
     app.client
         .post(app.url("/v1/jobs"))
@@ -131,9 +144,9 @@ async fn failing_receiver_gets_signed_events_after_retries() {
         assert_eq!(headers["modelpress-event"], "job.succeeded");
     }
 
-    // Every attempt is visible: two 500s, then a 2xx for each target, in some order.
-    let ds = deliveries(&app, &id).await;
-    assert_eq!(ds.len(), 2, "{ds:?}");
+    // Every attempt is visible: two 500s, then a 2xx for each target, in some order. (The
+    // receiver answers before the server records the attempt: wait for the record.)
+    let ds = wait_deliveries(&app, &id, |d| d.len() == 2 && d.iter().all(|d| d["status"] == "delivered")).await;
     let mut codes = Vec::new();
     for d in &ds {
         assert_eq!(d["status"], "delivered", "{d}");
@@ -178,16 +191,8 @@ async fn pending_delivery_survives_a_restart() {
     wait_received(&r, 1, 30).await;
     let (_, headers, body) = r.got.lock().unwrap()[0].clone();
     assert!(verify(secret, &headers, &body));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let d = deliveries(&app, &id).await;
-        if d[0]["status"] == "delivered" {
-            assert!(d[0]["attempts"].as_array().unwrap().len() >= 3, "{d:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "not marked delivered: {d:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let d = wait_deliveries(&app, &id, |d| d.len() == 1 && d[0]["status"] == "delivered").await;
+    assert!(d[0]["attempts"].as_array().unwrap().len() >= 3, "{d:?}");
     app.stop().await;
 }
 
@@ -244,17 +249,9 @@ async fn a_name_that_resolves_to_loopback_is_refused_at_delivery() {
     assert_eq!(resp.status(), 202);
     let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     app.wait_for_job(&id, 20).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let d = deliveries(&app, &id).await;
-        if d.len() == 1 && d[0]["status"] == "failed" {
-            assert!(d[0]["last_error"].as_str().unwrap().contains("loopback"), "{d:?}");
-            assert_eq!(d[0]["attempts"].as_array().unwrap().len(), 1, "refusals are not retried");
-            break;
-        }
-        assert!(Instant::now() < deadline, "not refused: {d:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let d = wait_deliveries(&app, &id, |d| d.len() == 1 && d[0]["status"] == "failed").await;
+    assert!(d[0]["last_error"].as_str().unwrap().contains("loopback"), "{d:?}");
+    assert_eq!(d[0]["attempts"].as_array().unwrap().len(), 1, "refusals are not retried");
     assert_eq!(r.calls.load(Ordering::SeqCst), 0, "the receiver was reached");
     app.stop().await;
 }
