@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Command line: `modelpress [serve] [OPTIONS]`; `serve` is the default.
+/// Command line: `modelpress [serve] [OPTIONS]` (`serve` is the default) or a client command
+/// such as `modelpress quantize MODEL --scheme int8 --wait`.
 #[derive(Debug, Parser)]
 #[command(name = "modelpress", version, about = "Self-hostable model-compression service")]
 #[command(args_conflicts_with_subcommands = true)]
@@ -21,6 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP service (the default).
     Serve(Config),
+    /// Client commands (see `cli`).
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
 }
 
 /// Log output format.
@@ -48,6 +52,10 @@ pub struct Config {
     /// Rate limits, quotas, timeouts and body limits (see `limits`).
     #[command(flatten)]
     pub limits: crate::limits::LimitsConfig,
+
+    /// Webhooks: allowed hosts, retries, timeouts (see `webhooks`).
+    #[command(flatten)]
+    pub webhooks: crate::webhooks::WebhookConfig,
 
     /// Number of job worker threads (jobs that run at the same time).
     #[arg(long, env = "MODELPRESS_WORKERS", default_value_t = 1)]

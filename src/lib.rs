@@ -8,6 +8,9 @@
 //!   compute of one job at a time. They never touch the database: they receive a fully resolved
 //!   [`jobs::JobCommand`] and send progress and the outcome back over bounded channels.
 //!
+//! - Webhook deliveries run on the runtime too ([`webhooks::sender`]): network I/O with a
+//!   timeout, queued durably by a database trigger when a job ends.
+//!
 //! # Layers
 //! `api → jobs / storage / db → compress / nn / tensorfile → kernels`. The compute modules
 //! (`compress`, `nn`, `tensorfile`, `kernels`) know nothing of HTTP, tokio or SQL.
@@ -21,6 +24,7 @@ pub mod api;
 pub mod artifact;
 pub mod auth;
 pub mod checks;
+pub mod cli;
 pub mod compress;
 pub mod config;
 pub mod datasets;
@@ -33,9 +37,11 @@ pub mod jobs;
 pub mod kernels;
 pub mod limits;
 pub mod nn;
+pub mod report;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
 pub mod tenant;
 pub mod tensorfile;
 pub mod time;
+pub mod webhooks;

@@ -31,16 +31,13 @@ fn run() -> anyhow::Result<()> {
     let config = match cli.command {
         Some(Command::Serve(config)) => config,
         None => cli.serve,
+        Some(Command::Client(cmd)) => {
+            pin_candle_threads();
+            std::process::exit(modelpress::cli::run(cmd));
+        }
     };
     telemetry::init(config.log_format);
-    // candle's quantized matmuls split each product over a process-wide pool of spin-waiting
-    // threads sized by CANDLE_NUM_THREADS (default: every physical core). Next to the job workers
-    // and the inference threads that pool oversubscribes the cores, and spin-waiting threads that
-    // lose their core slow a 67M-parameter q8_0 forward ~2.7x (docs/benchmarks.md). Pin it to one
-    // thread per product unless the operator chose otherwise. Set here, before any thread exists.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    pin_candle_threads();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http_threads)
         .thread_name("modelpress-http")
@@ -50,4 +47,15 @@ fn run() -> anyhow::Result<()> {
         let app = Application::build(config).await?;
         app.run_until_stopped().await
     })
+}
+
+fn pin_candle_threads() {
+    // candle's quantized matmuls split each product over a process-wide pool of spin-waiting
+    // threads sized by CANDLE_NUM_THREADS (default: every physical core). Next to the job workers
+    // and the inference threads that pool oversubscribes the cores, and spin-waiting threads that
+    // lose their core slow a 67M-parameter q8_0 forward ~2.7x (docs/benchmarks.md). Pin it to one
+    // thread per product unless the operator chose otherwise. Set here, before any thread exists.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
 }

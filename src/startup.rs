@@ -70,12 +70,14 @@ impl Application {
 
         let metrics = Arc::new(Metrics::default());
         let jobs = JobsHandle::start(db.clone(), store.clone(), &config, metrics.clone())?;
+        let webhooks = crate::webhooks::WebhookSender::start(db.clone(), &config.webhooks, &jobs, metrics.clone())
+            .map_err(anyhow::Error::msg)?;
         let inference = InferenceHandle::start(InferenceConfig::from_config(&config), metrics.clone())
             .context("starting the inference threads")?;
         let listener = TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
         let addr = listener.local_addr()?;
         let limits = Arc::new(crate::limits::Limits::new(&config.limits));
-        let state = AppState { db, store, config: Arc::new(config), jobs, metrics, limits, inference };
+        let state = AppState { db, store, config: Arc::new(config), jobs, metrics, limits, inference, webhooks };
         let (stop_tx, _) = watch::channel(false);
         Ok(Application { listener, addr, state, stop_tx })
     }

@@ -102,6 +102,7 @@ pub const HELP: &[(&str, &str, &str)] = &[
     ("modelpress_inference_compute_seconds", "histogram", "Forward-pass time per batch"),
     ("modelpress_inference_batch_size", "histogram", "Rows per executed batch"),
     ("modelpress_model_cache_total", "counter", "Inference model cache events (hit, load, evict)"),
+    ("modelpress_webhook_attempts_total", "counter", "Webhook delivery attempts by outcome (delivered, retry, failed)"),
 ];
 
 impl Metrics {

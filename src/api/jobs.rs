@@ -40,6 +40,9 @@ pub struct CreateJob {
     pub model_id: Option<String>,
     /// Kind-specific parameters.
     pub params: Option<Value>,
+    /// Where to POST a signed event when the job ends (besides the tenant's `/v1/webhooks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<super::webhooks::JobWebhook>,
 }
 
 fn create_job_variant(kind: &str) -> String {
@@ -84,12 +87,17 @@ impl ToSchema for CreateJob {
                         .description(Some("The model the job works on.")),
                 )
                 .property("params", Ref::from_schema_name(params_name.clone()))
+                .property("webhook", Ref::from_schema_name("JobWebhook"))
                 .additional_properties(Some(AdditionalProperties::FreeForm(false)))
                 .into();
             schemas.push((create_job_variant(kind), RefOr::T(variant)));
             schemas.push((params_name, params_schema));
             schemas.extend(deps);
         }
+        schemas.push((
+            <super::webhooks::JobWebhook as utoipa::ToSchema>::name().into_owned(),
+            <super::webhooks::JobWebhook as utoipa::PartialSchema>::schema(),
+        ));
     }
 }
 
@@ -193,7 +201,8 @@ async fn precheck(
     params(("Idempotency-Key" = Option<String>, Header, description = "Retry key: the same key and body return the same job")),
     responses(
         (status = 202, description = "Queued (or the earlier job for a repeated Idempotency-Key)", body = Job,
-            headers(("Location" = String, description = "URL of the job"))),
+            headers(("Location" = String, description = "URL of the job"),
+                ("Modelpress-Webhook-Secret" = String, description = "The generated signing secret of the job's `webhook` (only when it had none; shown only now)"))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency-Key reused with a different body", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
@@ -235,7 +244,10 @@ pub async fn create_job(
         (Role::Tenant, n) if n > 0 => Some(n),
         _ => None,
     };
-    let (row, replayed) = match db::insert_job(&st.db, &new, st.config.max_queued_jobs, quota).await? {
+    let hook = super::webhooks::StagedJobWebhook::stage(&st, body.webhook.as_ref(), &new.id).await?;
+    let inserted = db::insert_job(&st.db, &new, st.config.max_queued_jobs, quota).await?;
+    let hook = super::webhooks::StagedJobWebhook::settle(hook, &st, matches!(inserted, InsertJob::Inserted(_))).await?;
+    let (row, replayed) = match inserted {
         InsertJob::Inserted(r) => (r, false),
         InsertJob::Replayed(r) => (r, true),
         InsertJob::KeyConflict => {
@@ -277,6 +289,7 @@ pub async fn create_job(
     if replayed {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
+    super::webhooks::StagedJobWebhook::show_secret(hook, &mut resp)?;
     Ok(resp)
 }
 

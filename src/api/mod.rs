@@ -14,6 +14,7 @@ pub mod models;
 pub mod predict;
 pub mod security;
 pub mod specs;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub inference: crate::inference::InferenceHandle,
     /// Rate limiter, SSE slots, limit settings.
     pub limits: Arc<crate::limits::Limits>,
+    /// Webhook delivery task (and the allow-list submissions are checked against).
+    pub webhooks: crate::webhooks::WebhookSender,
 }
 
 impl AppState {
@@ -59,6 +62,7 @@ impl AppState {
         (name = "models", description = "Uploaded and derived models"),
         (name = "datasets", description = "Uploaded datasets"),
         (name = "jobs", description = "Compression and training jobs"),
+        (name = "webhooks", description = "Signed events when jobs end"),
         (name = "keys", description = "Tenant API keys (admin only)"),
         (name = "dashboard", description = "The web dashboard"),
         (name = "operations", description = "Health, metrics, contract"),
@@ -88,6 +92,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::job_events))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(webhooks::delete_webhook))
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::revoke_key))
         .routes(routes!(dashboard::index))

@@ -16,6 +16,7 @@ use crate::tenant::Tenant;
 use crate::time::now_rfc3339;
 
 pub mod keys;
+pub mod webhooks;
 
 pub type Db = SqlitePool;
 

@@ -2,6 +2,7 @@
 //! One binary (fast links); one module per resource.
 
 mod auth;
+mod cli;
 mod deploy;
 mod distill;
 mod distill_mnist;
@@ -17,3 +18,4 @@ mod prune;
 mod quantize;
 mod restart;
 mod submission;
+mod webhooks;
