@@ -315,13 +315,7 @@ impl Kind for DistillParams {
     fn needs(&self) -> Needs {
         Needs {
             spec: true,
-            data: vec![DataNeed::new(
-                &self.dataset_id,
-                "params.dataset_id",
-                self.split.as_deref(),
-                "params.split",
-                self.baseline,
-            )],
+            data: vec![DataNeed::new(&self.dataset_id, "params.dataset_id", self.split.as_deref(), self.baseline)],
             models: match &self.student {
                 StudentSource::Model { model_id, .. } => vec![(model_id.clone(), "params.student.model_id".into())],
                 _ => Vec::new(),
@@ -888,7 +882,7 @@ mod tests {
         assert_eq!((p.temperature, p.alpha, p.keep_partial, p.baseline), (4.0, 0.9, false, false));
         assert_eq!(p.settings.epochs, 10);
         assert!(p.needs().models.is_empty());
-        assert_eq!(p.needs().data, vec![DataNeed::new("d", "params.dataset_id", None, "params.split", false)]);
+        assert_eq!(p.needs().data, vec![DataNeed::new("d", "params.dataset_id", None, false)]);
         let p = parse(json!({"dataset_id": "d", "student": {"model_id": "m", "init": "random"}, "baseline": true,
                              "epochs": 200, "batch_size": 32, "lr": 0.003, "seed": 3}))
         .unwrap();
