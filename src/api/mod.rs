@@ -116,21 +116,31 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// Raw request bodies (`application/octet-stream`: model and dataset uploads, binary predict)
-/// are files: declared as binary strings so generated clients can send them.
+/// Raw bodies (`application/octet-stream`: model and dataset uploads, binary predict, and the
+/// downloads and binary predictions answered) are files: declared as binary strings so
+/// generated clients send and receive bytes.
 fn declare_binary_bodies(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    use utoipa::openapi::RefOr;
+    let binary = || {
+        Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+                .into(),
+        )
+    };
+    const OCTETS: &str = "application/octet-stream";
     for item in doc.paths.paths.values_mut() {
-        for op in [&mut item.post, &mut item.put].into_iter().flatten() {
-            let Some(body) = op.request_body.as_mut() else { continue };
-            if let Some(content) = body.content.get_mut("application/octet-stream") {
-                if content.schema.is_none() {
-                    content.schema = Some(
-                        ObjectBuilder::new()
-                            .schema_type(Type::String)
-                            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
-                            .into(),
-                    );
+        for op in [&mut item.get, &mut item.post, &mut item.put].into_iter().flatten() {
+            if let Some(content) = op.request_body.as_mut().and_then(|b| b.content.get_mut(OCTETS)) {
+                content.schema = binary();
+            }
+            for resp in op.responses.responses.values_mut() {
+                if let RefOr::T(r) = resp {
+                    if let Some(content) = r.content.get_mut(OCTETS) {
+                        content.schema = binary();
+                    }
                 }
             }
         }

@@ -36,21 +36,13 @@ pub struct DataNeed {
     pub field: String,
     /// The split asked for (`None`: the kind's default).
     pub split: Option<String>,
-    /// The request field naming the split.
-    pub split_field: String,
     /// Labels are required.
     pub labels: bool,
 }
 
 impl DataNeed {
-    pub fn new(id: &str, field: &str, split: Option<&str>, split_field: &str, labels: bool) -> DataNeed {
-        DataNeed {
-            id: id.to_string(),
-            field: field.to_string(),
-            split: split.map(str::to_string),
-            split_field: split_field.to_string(),
-            labels,
-        }
+    pub fn new(id: &str, field: &str, split: Option<&str>, labels: bool) -> DataNeed {
+        DataNeed { id: id.to_string(), field: field.to_string(), split: split.map(str::to_string), labels }
     }
 }
 
@@ -517,13 +509,7 @@ impl FinetuneSettings {
     }
 
     pub fn need(&self, field: &str) -> DataNeed {
-        DataNeed::new(
-            &self.dataset_id,
-            &format!("{field}.dataset_id"),
-            self.split.as_deref(),
-            &format!("{field}.split"),
-            true,
-        )
+        DataNeed::new(&self.dataset_id, &format!("{field}.dataset_id"), self.split.as_deref(), true)
     }
 }
 

@@ -57,25 +57,68 @@ pub const DEFAULT_ALPHA: f64 = 0.9;
 pub const MAX_TEMPERATURE: f64 = 100.0;
 
 /// Where the student comes from: exactly one of `model_id`, `spec` or `from_teacher`.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum StudentSource {
     /// An uploaded model with a spec; `init` is `weights` (its weights, default) or `random`.
-    Model {
-        model_id: String,
+    Model { model_id: String, init: String },
+    /// An inline spec (validated at submission).
+    Spec { spec: Box<ModelSpec> },
+    /// A template derived from the teacher's spec.
+    Template { from_teacher: StudentTemplate },
+}
+
+/// Contract shapes of [`StudentSource`] (named, so generated clients get one class each; the
+/// values are parsed by `parse_student`, never through these types).
+mod student_schema {
+    #![allow(dead_code)]
+    use serde_json::Value;
+    use std::collections::HashMap;
+
+    /// An uploaded model with a spec.
+    #[derive(utoipa::ToSchema)]
+    pub struct StudentFromModel {
+        pub model_id: String,
+        /// `weights` (its weights, default) or `random`.
         #[schema(required = false)]
-        init: String,
-    },
-    /// An inline spec (validated at submission; docs/spec.md).
-    Spec {
-        #[schema(value_type = Object)]
-        spec: Box<ModelSpec>,
-    },
-    /// A template derived from the teacher's spec (e.g. `{"width": 0.25}`).
-    Template {
-        #[schema(value_type = Object)]
-        from_teacher: StudentTemplate,
-    },
+        pub init: String,
+    }
+
+    /// An inline architecture spec (docs/spec.md).
+    #[derive(utoipa::ToSchema)]
+    pub struct StudentFromSpec {
+        #[schema(value_type = HashMap<String, Object>)]
+        pub spec: HashMap<String, Value>,
+    }
+
+    /// A template derived from the teacher's spec, e.g. `{"width": 0.25}`.
+    #[derive(utoipa::ToSchema)]
+    pub struct StudentFromTeacher {
+        #[schema(value_type = HashMap<String, Object>)]
+        pub from_teacher: HashMap<String, Value>,
+    }
+}
+
+impl utoipa::PartialSchema for StudentSource {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::{schema::OneOfBuilder, Ref};
+        OneOfBuilder::new()
+            .description(Some("Where the student comes from: exactly one of `model_id`, `spec` or `from_teacher`."))
+            .item(Ref::from_schema_name("StudentFromModel"))
+            .item(Ref::from_schema_name("StudentFromSpec"))
+            .item(Ref::from_schema_name("StudentFromTeacher"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for StudentSource {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        use student_schema::*;
+        use utoipa::PartialSchema;
+        schemas.push((StudentFromModel::name().into(), StudentFromModel::schema()));
+        schemas.push((StudentFromSpec::name().into(), StudentFromSpec::schema()));
+        schemas.push((StudentFromTeacher::name().into(), StudentFromTeacher::schema()));
+    }
 }
 
 /// `kind: "distill"`: a teacher (`model_id`), a student, the softening, and the training
@@ -272,13 +315,7 @@ impl Kind for DistillParams {
     fn needs(&self) -> Needs {
         Needs {
             spec: true,
-            data: vec![DataNeed::new(
-                &self.dataset_id,
-                "params.dataset_id",
-                self.split.as_deref(),
-                "params.split",
-                self.baseline,
-            )],
+            data: vec![DataNeed::new(&self.dataset_id, "params.dataset_id", self.split.as_deref(), self.baseline)],
             models: match &self.student {
                 StudentSource::Model { model_id, .. } => vec![(model_id.clone(), "params.student.model_id".into())],
                 _ => Vec::new(),
@@ -845,7 +882,7 @@ mod tests {
         assert_eq!((p.temperature, p.alpha, p.keep_partial, p.baseline), (4.0, 0.9, false, false));
         assert_eq!(p.settings.epochs, 10);
         assert!(p.needs().models.is_empty());
-        assert_eq!(p.needs().data, vec![DataNeed::new("d", "params.dataset_id", None, "params.split", false)]);
+        assert_eq!(p.needs().data, vec![DataNeed::new("d", "params.dataset_id", None, false)]);
         let p = parse(json!({"dataset_id": "d", "student": {"model_id": "m", "init": "random"}, "baseline": true,
                              "epochs": 200, "batch_size": 32, "lr": 0.003, "seed": 3}))
         .unwrap();

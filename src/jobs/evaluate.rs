@@ -42,13 +42,7 @@ impl Kind for EvaluateParams {
     fn needs(&self) -> Needs {
         Needs {
             spec: true,
-            data: vec![DataNeed::new(
-                &self.dataset_id,
-                "params.dataset_id",
-                self.split.as_deref(),
-                "params.split",
-                true,
-            )],
+            data: vec![DataNeed::new(&self.dataset_id, "params.dataset_id", self.split.as_deref(), true)],
             ..Needs::default()
         }
     }

@@ -729,13 +729,7 @@ impl Kind for PruneParams {
             data.push(f.need("params.finetune"));
         }
         if let Some(id) = &self.eval_dataset_id {
-            data.push(DataNeed::new(
-                id,
-                "params.eval_dataset_id",
-                self.eval_split.as_deref(),
-                "params.eval_split",
-                true,
-            ));
+            data.push(DataNeed::new(id, "params.eval_dataset_id", self.eval_split.as_deref(), true));
         }
         Needs { spec: self.structured.is_some() || !data.is_empty(), data, ..Needs::default() }
     }

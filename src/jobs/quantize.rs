@@ -123,13 +123,7 @@ impl Kind for QuantizeParams {
         let mut n = Needs::default();
         if let Some(d) = &self.eval_dataset_id {
             n.spec = true;
-            n.data.push(DataNeed::new(
-                d,
-                "params.eval_dataset_id",
-                self.eval_split.as_deref(),
-                "params.eval_split",
-                true,
-            ));
+            n.data.push(DataNeed::new(d, "params.eval_dataset_id", self.eval_split.as_deref(), true));
         }
         if let Some(f) = &self.finetune {
             n.spec = true;

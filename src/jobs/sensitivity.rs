@@ -64,7 +64,6 @@ impl Kind for SensitivityParams {
                 &self.eval_dataset_id,
                 "params.eval_dataset_id",
                 self.eval_split.as_deref(),
-                "params.eval_split",
                 true,
             )],
             ..Needs::default()
