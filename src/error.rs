@@ -20,6 +20,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Conflict,
     PayloadTooLarge,
+    InsufficientStorage,
     UnsupportedMediaType,
     RangeNotSatisfiable,
     Validation,
@@ -45,6 +46,7 @@ impl ErrorCode {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Validation | InvalidSafetensors | InvalidSpec => StatusCode::UNPROCESSABLE_ENTITY,
@@ -66,6 +68,7 @@ impl ErrorCode {
             MethodNotAllowed => "method_not_allowed",
             Conflict => "conflict",
             PayloadTooLarge => "payload_too_large",
+            InsufficientStorage => "insufficient_storage",
             UnsupportedMediaType => "unsupported_media_type",
             RangeNotSatisfiable => "range_not_satisfiable",
             Validation => "validation_failed",
@@ -91,6 +94,7 @@ impl ErrorCode {
             MethodNotAllowed => "Method not allowed",
             Conflict => "Conflict",
             PayloadTooLarge => "Payload too large",
+            InsufficientStorage => "Insufficient storage",
             UnsupportedMediaType => "Unsupported media type",
             RangeNotSatisfiable => "Range not satisfiable",
             Validation => "Validation failed",
@@ -231,8 +235,15 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<std::io::Error> for ApiError {
     fn from(e: std::io::Error) -> Self {
+        if crate::fault::is_disk_full(&e) {
+            tracing::error!(error = %e, "data disk full");
+            return ApiError::new(ErrorCode::InsufficientStorage, DISK_FULL);
+        }
         ApiError::internal(format!("io: {e}"))
     }
 }
+
+/// What a client is told when the data directory's disk is full (uploads 507, jobs' error).
+pub const DISK_FULL: &str = "the server's data disk is full; nothing was stored (retry once space was freed)";
 
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -35,6 +35,10 @@ pub struct CreateJob {
     /// Kind-specific parameters (see the README and docs for each kind).
     #[schema(value_type = Option<Object>)]
     pub params: Option<Value>,
+    /// Run even though the selected tensors of the model hold NaN or infinite values (refused
+    /// with 422 otherwise; see the model's `non_finite`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_non_finite: bool,
 }
 
 /// A page of jobs.
@@ -157,6 +161,9 @@ pub async fn create_job(
         return Err(ApiError::validation("model_id", format!("kind '{}' takes no model_id", body.kind)));
     }
     let inputs = precheck(&st, &caller, &parsed, body.model_id.as_deref()).await?;
+    if let (true, Some(model_id)) = (parsed.needs_model(), body.model_id.as_deref()) {
+        super::models::refuse_non_finite(&st, model_id, &raw_params, body.allow_non_finite).await?;
+    }
     let request_hash = hex::encode(Sha256::digest(serde_json::to_vec(&body).map_err(ApiError::internal)?));
     let new = NewJob {
         id: uuid::Uuid::now_v7().to_string(),
@@ -205,6 +212,7 @@ pub async fn create_job(
     let job = Job::from(row);
     if !replayed {
         // Committed; now wake the dispatcher.
+        crate::fault::point("queued");
         st.jobs.wake();
         st.jobs.publish_state(&job);
     }
