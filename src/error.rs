@@ -19,6 +19,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Conflict,
     PayloadTooLarge,
+    InsufficientStorage,
     UnsupportedMediaType,
     RangeNotSatisfiable,
     Validation,
@@ -45,6 +46,7 @@ impl ErrorCode {
             MethodNotAllowed => 405,
             Conflict => 409,
             PayloadTooLarge => 413,
+            InsufficientStorage => 507,
             UnsupportedMediaType => 415,
             RangeNotSatisfiable => 416,
             Validation | InvalidSafetensors | InvalidSpec => 422,
@@ -66,6 +68,7 @@ impl ErrorCode {
             MethodNotAllowed => "method_not_allowed",
             Conflict => "conflict",
             PayloadTooLarge => "payload_too_large",
+            InsufficientStorage => "insufficient_storage",
             UnsupportedMediaType => "unsupported_media_type",
             RangeNotSatisfiable => "range_not_satisfiable",
             Validation => "validation_failed",
@@ -91,6 +94,7 @@ impl ErrorCode {
             MethodNotAllowed => "Method not allowed",
             Conflict => "Conflict",
             PayloadTooLarge => "Payload too large",
+            InsufficientStorage => "Insufficient storage",
             UnsupportedMediaType => "Unsupported media type",
             RangeNotSatisfiable => "Range not satisfiable",
             Validation => "Validation failed",
@@ -191,3 +195,6 @@ impl std::fmt::Display for DomainError {
 impl std::error::Error for DomainError {}
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// What a client is told when the data directory's disk is full (uploads 507, jobs' error).
+pub const DISK_FULL: &str = "the server's data disk is full; nothing was stored (retry once space was freed)";

@@ -90,8 +90,8 @@ pub struct DatasetUploadForm {
 
 fn dataset_error(e: DatasetError) -> ApiError {
     match e {
-        DatasetError::Io(e) => ApiError::internal(e),
-        DatasetError::File(crate::tensorfile::TensorfileError::Io(e)) => ApiError::internal(e),
+        DatasetError::Io(e) => e.into(),
+        DatasetError::File(crate::tensorfile::TensorfileError::Io(e)) => e.into(),
         DatasetError::File(e) => ApiError::new(ErrorCode::InvalidSafetensors, e.to_string()),
         DatasetError::Invalid(m) => ApiError::new(ErrorCode::Validation, m),
     }
@@ -106,6 +106,7 @@ fn dataset_error(e: DatasetError) -> ApiError {
         (status = 201, description = "Stored", body = Dataset, headers(("Location" = String, description = "URL of the dataset"))),
         (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Upload larger than --max-upload-bytes", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The data disk is full; nothing was stored", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid dataset (the problem says which tensor, line or column)", body = Problem, content_type = "application/problem+json"),
     ))]

@@ -118,6 +118,10 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<std::io::Error> for ApiError {
     fn from(e: std::io::Error) -> Self {
+        if crate::fault::is_disk_full(&e) {
+            tracing::error!(error = %e, "data disk full");
+            return ApiError::new(ErrorCode::InsufficientStorage, crate::error::DISK_FULL);
+        }
         ApiError::internal(format!("io: {e}"))
     }
 }

@@ -43,6 +43,10 @@ pub struct CreateJob {
     /// Where to POST a signed event when the job ends (besides the tenant's `/v1/webhooks`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<super::webhooks::JobWebhook>,
+    /// Run even though the selected tensors of the model hold NaN or infinite values (refused
+    /// with 422 otherwise; see the model's `non_finite`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_non_finite: bool,
 }
 
 fn create_job_variant(kind: &str) -> String {
@@ -88,6 +92,12 @@ impl ToSchema for CreateJob {
                 )
                 .property("params", Ref::from_schema_name(params_name.clone()))
                 .property("webhook", Ref::from_schema_name("JobWebhook"))
+                .property(
+                    "allow_non_finite",
+                    ObjectBuilder::new().schema_type(Type::Boolean).description(Some(
+                        "Run even though the selected tensors hold NaN or infinite values (refused with 422 otherwise).",
+                    )),
+                )
                 .additional_properties(Some(AdditionalProperties::FreeForm(false)))
                 .into();
             schemas.push((create_job_variant(kind), RefOr::T(variant)));
@@ -229,6 +239,9 @@ pub async fn create_job(
     let kind = JobKind::parse(&body.kind, &st.param_rules())?;
     let parsed = JobParams::parse(kind, &raw_params)?;
     let inputs = precheck(&st, &caller, &parsed, body.model_id.as_deref()).await?;
+    if let (true, Some(model_id)) = (parsed.needs().model, body.model_id.as_deref()) {
+        super::models::refuse_non_finite(&st, model_id, &raw_params, body.allow_non_finite).await?;
+    }
     let request_hash = hex::encode(Sha256::digest(serde_json::to_vec(&body).map_err(ApiError::internal)?));
     let new = NewJob {
         id: uuid::Uuid::now_v7().to_string(),
@@ -280,6 +293,7 @@ pub async fn create_job(
     let job = Job::from(row);
     if !replayed {
         // Committed; now wake the dispatcher.
+        crate::fault::point("queued");
         st.jobs.wake();
         st.jobs.publish_state(&job);
     }

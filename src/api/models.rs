@@ -45,6 +45,10 @@ pub struct Model {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub spec: Option<Value>,
+    /// Non-finite values (NaN, ±inf) per tensor, counted at upload; only tensors with any are
+    /// listed (detail view only; absent for models that were not counted, e.g. job outputs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub non_finite: Option<BTreeMap<String, u64>>,
     /// The report of the job that made it (detail view only).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -59,6 +63,7 @@ impl Model {
             has_spec: r.spec.is_some(),
             spec: if detail { r.spec.as_deref().and_then(|s| serde_json::from_str(s).ok()) } else { None },
             report: None,
+            non_finite: None,
             id: r.id,
             name: r.name,
             created_at: r.created_at,
@@ -149,7 +154,7 @@ pub(super) fn store_error(e: StoreError) -> ApiError {
             format!("upload exceeds the limit of {limit} bytes (--max-upload-bytes)"),
         ),
         StoreError::Body(m) => ApiError::new(ErrorCode::BadRequest, format!("reading the upload failed: {m}")),
-        StoreError::Io(e) => ApiError::internal(e),
+        StoreError::Io(e) => e.into(),
     }
 }
 
@@ -273,6 +278,7 @@ pub(super) async fn validate_safetensors(st: &AppState, file: &TempFile) -> ApiR
         (status = 201, description = "Stored", body = Model, headers(("Location" = String, description = "URL of the new model"))),
         (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Upload larger than --max-upload-bytes", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The data disk is full; nothing was stored", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid safetensors file, or invalid spec/name", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -288,6 +294,14 @@ pub async fn create_model(
         .ok_or_else(|| ApiError::validation("weights", "missing the 'weights' part with the safetensors file"))?;
     let name = validate_name(parts.name.or(q.name), "model")?;
     let header = validate_safetensors(&st, &upload.file).await?;
+    let non_finite = {
+        let path = upload.file.path().to_path_buf();
+        let limits = HeaderLimits { max_header_bytes: st.config.max_header_bytes, max_tensors: st.config.max_tensors };
+        tokio::task::spawn_blocking(move || crate::nonfinite::count_file(&path, limits))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::new(ErrorCode::InvalidSafetensors, e.to_string()))?
+    };
     let spec = match parts.fields.get("spec") {
         Some(s) => Some(crate::checks::check_spec_for_upload(s, &header)?),
         None => None,
@@ -314,9 +328,15 @@ pub async fn create_model(
         let _ = std::fs::remove_file(&dest);
         return Err(e.into());
     }
+    db::set_model_non_finite(&st.db, &id, &serde_json::to_string(&non_finite).map_err(ApiError::internal)?).await?;
+    if !non_finite.is_empty() {
+        tracing::warn!(model_id = %id, tensors = non_finite.len(), "model has non-finite values");
+    }
     tracing::info!(model_id = %id, bytes = upload.size, "model stored");
     let location = format!("/v1/models/{id}");
-    let mut resp = (StatusCode::CREATED, Json(Model::from_row(row, true))).into_response();
+    let mut model = Model::from_row(row, true);
+    model.non_finite = Some(non_finite);
+    let mut resp = (StatusCode::CREATED, Json(model)).into_response();
     resp.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).map_err(ApiError::internal)?);
     Ok(resp)
 }
@@ -361,6 +381,7 @@ pub async fn get_model(
     let row = load_model(&st, &caller, &id).await?;
     let job_id = row.job_id.clone();
     let mut m = Model::from_row(row, true);
+    m.non_finite = db::get_model_non_finite(&st.db, &id).await?.and_then(|s| serde_json::from_str(&s).ok());
     if let Some(job_id) = job_id {
         if let Some(job) = db::get_job(&st.db, &job_id).await? {
             m.report = job.report.as_deref().and_then(|s| serde_json::from_str(s).ok());
@@ -446,6 +467,17 @@ pub(super) fn if_none_match_matches(header: &str, etag: &str) -> bool {
     let strip = |t: &str| t.trim().strip_prefix("W/").unwrap_or(t.trim()).to_string();
     let want = strip(etag);
     header.split(',').any(|t| t.trim() == "*" || strip(t) == want)
+}
+
+/// Refuses a job whose selected tensors of `model_id` hold non-finite values (see
+/// [`crate::nonfinite`]); models never counted pass.
+pub(super) async fn refuse_non_finite(st: &AppState, model_id: &str, params: &Value, allow: bool) -> ApiResult<()> {
+    if allow {
+        return Ok(());
+    }
+    let Some(json) = db::get_model_non_finite(&st.db, model_id).await? else { return Ok(()) };
+    let counts: crate::nonfinite::Counts = serde_json::from_str(&json).map_err(ApiError::internal)?;
+    Ok(crate::nonfinite::refuse_selected(&counts, params, false)?)
 }
 
 /// Serves a stored file with ETag, Range and If-None-Match support.

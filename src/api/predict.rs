@@ -371,6 +371,13 @@ fn too_many_rows(n: usize, max: usize) -> ApiError {
 }
 
 /// Checks and converts the `inputs` tensor of a safetensors body.
+/// Fuzzing entry (`fuzz/`): parses a binary (safetensors) predict body for `spec` exactly as
+/// `POST /v1/models/{id}/predict` does; returns the number of rows.
+#[doc(hidden)]
+pub fn fuzz_binary_body(body: &[u8], spec: &ModelSpec, max_rows: usize) -> ApiResult<usize> {
+    binary_rows(body, spec, max_rows).map(|r| r.rows)
+}
+
 fn binary_rows(body: &[u8], spec: &ModelSpec, max_rows: usize) -> ApiResult<Rows> {
     let limits = HeaderLimits { max_header_bytes: 1024 * 1024, max_tensors: 64 };
     let header = parse_header(Cursor::new(body), body.len() as u64, limits)

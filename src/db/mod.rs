@@ -417,6 +417,19 @@ async fn insert_job_once(
     Ok(InsertJob::Inserted(row))
 }
 
+/// Records a model's non-finite counts (JSON, see `nonfinite`).
+pub async fn set_model_non_finite(db: &Db, id: &str, counts: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE models SET non_finite = ? WHERE id = ?").bind(counts).bind(id).execute(db).await?;
+    Ok(())
+}
+
+/// A model's non-finite counts (JSON); `None` when never counted.
+pub async fn get_model_non_finite(db: &Db, id: &str) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT non_finite FROM models WHERE id = ?").bind(id).fetch_optional(db).await?;
+    Ok(row.and_then(|r| r.0))
+}
+
 /// Any tenant's job (dispatcher, reporter). Handlers use [`get_job_of`].
 pub async fn get_job(db: &Db, id: &str) -> Result<Option<JobRow>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?")).bind(id).fetch_optional(db).await
@@ -542,6 +555,7 @@ pub async fn finish_job_success(db: &Db, id: &str, output: Option<&ModelRow>, re
     .bind(id)
     .execute(&mut *tx)
     .await?;
+    crate::fault::point("committing");
     tx.commit().await
 }
 

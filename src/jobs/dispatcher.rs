@@ -156,6 +156,7 @@ impl JobsHandle {
             };
             match db::claim_next_job(&self.inner.db).await {
                 Ok(Some(row)) => {
+                    crate::fault::point("claimed");
                     let id = row.id.clone();
                     match self.prepare(row, ev_tx.clone()).await {
                         Ok(ctx) => {
@@ -309,6 +310,7 @@ impl JobsHandle {
                         Err(e) => self.fail_internal(&job_id, &format!("recording success: {e}")).await,
                     },
                     Some(m) => {
+                        crate::fault::point("spool_written");
                         let id = uuid::Uuid::now_v7().to_string();
                         let dest = self.inner.store.model_path(&id);
                         let row = db::ModelRow {
@@ -328,7 +330,7 @@ impl JobsHandle {
                         };
                         // Rename first, commit second: a crash in between leaves an orphan
                         // file (swept at start-up), never a row without its file.
-                        match m.file.persist(&dest) {
+                        match m.file.persist(&dest).inspect(|()| crate::fault::point("renamed")) {
                             Err(e) => self.fail_internal(&job_id, &format!("storing output: {e}")).await,
                             Ok(()) => match db::finish_job_success(db, &job_id, Some(&row), &report).await {
                                 Ok(()) => "succeeded",
@@ -359,6 +361,7 @@ impl JobsHandle {
                 }
             }
         };
+        crate::fault::point("reporting");
         self.inner.metrics.inc(
             "modelpress_jobs_total",
             vec![("kind", kind.as_str().to_string()), ("outcome", outcome.to_string())],

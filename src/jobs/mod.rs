@@ -101,6 +101,7 @@ impl JobContext {
 
     /// A check point: returns `Err` when the job was cancelled or the service is stopping.
     pub fn checkpoint(&self) -> Result<(), JobError> {
+        crate::fault::point("computing");
         if self.cancel.load(Ordering::Relaxed) {
             return Err(JobError::Cancelled);
         }
@@ -175,6 +176,9 @@ pub enum JobError {
     Shutdown,
     #[error("internal: {0}")]
     Internal(String),
+    /// Writing the output failed for lack of space (ENOSPC/EDQUOT); the partial output is gone.
+    #[error("data disk full")]
+    DiskFull,
 }
 
 impl JobError {
@@ -194,6 +198,7 @@ impl JobError {
             }
             JobError::Cancelled => DomainError::new(ErrorCode::Cancelled, "the job was cancelled"),
             JobError::Shutdown => DomainError::new(ErrorCode::Unavailable, "the service shut down"),
+            JobError::DiskFull => DomainError::new(ErrorCode::InsufficientStorage, crate::error::DISK_FULL),
             JobError::Internal(_) => DomainError::new(
                 ErrorCode::Internal,
                 "the job failed because of an internal error; see the server logs",
@@ -216,13 +221,19 @@ impl From<DomainError> for JobError {
 
 impl From<std::io::Error> for JobError {
     fn from(e: std::io::Error) -> Self {
+        if crate::fault::is_disk_full(&e) {
+            return JobError::DiskFull;
+        }
         JobError::Internal(format!("io: {e}"))
     }
 }
 
 impl From<crate::tensorfile::TensorfileError> for JobError {
     fn from(e: crate::tensorfile::TensorfileError) -> Self {
-        JobError::input(e.to_string())
+        match e {
+            crate::tensorfile::TensorfileError::Io(e) if crate::fault::is_disk_full(&e) => JobError::DiskFull,
+            e => JobError::input(e.to_string()),
+        }
     }
 }
 

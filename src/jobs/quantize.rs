@@ -467,7 +467,11 @@ struct WriterAdapter<'a>(&'a mut TensorWriter);
 
 impl Write for WriterAdapter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf).map_err(|e| std::io::Error::other(e.to_string()))?;
+        // Keep the OS error (a full disk must stay recognisable as ENOSPC).
+        self.0.write(buf).map_err(|e| match e {
+            crate::tensorfile::TensorfileError::Io(io) => io,
+            e => std::io::Error::other(e.to_string()),
+        })?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

@@ -55,6 +55,7 @@ fn worker_loop(index: usize, job_threads: usize, rx: Arc<Mutex<Receiver<JobComma
         let span = tracing::info_span!("job", job_id = %ctx.id, kind = ctx.params.kind().as_str());
         let result = span.in_scope(|| {
             tracing::info!("job started");
+            crate::fault::point("reading");
             let r = pool.install(|| std::panic::catch_unwind(AssertUnwindSafe(|| ctx.params.run(&ctx))));
             match r {
                 Ok(r) => r,

@@ -195,6 +195,7 @@ impl ArtifactStore {
                 return Err(StoreError::TooLarge { limit });
             }
             hasher.update(&chunk);
+            crate::fault::write_check()?;
             out.write_all(&chunk).await?;
         }
         out.flush().await?;

@@ -86,6 +86,7 @@ impl TensorWriter {
 
     /// Appends bytes of the current tensor (may be called several times per tensor).
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), TensorfileError> {
+        crate::fault::write_check()?;
         let mut rest = bytes;
         while !rest.is_empty() {
             let plan = self.plans.get(self.next).ok_or_else(|| TensorfileError::Tensor {

@@ -83,3 +83,38 @@ async fn artifacts_in_old_shards_still_load_after_restart() {
     app.stop().await;
     drop(tmp);
 }
+
+/// A NaN in `fc1.bias` is counted at upload and named when a job would read it.
+#[tokio::test]
+async fn non_finite_weights_are_counted_and_refused_unless_allowed() {
+    let app = spawn_app().await;
+    let w: Vec<u8> = (0..16).flat_map(|i| (i as f32 * 0.1).to_le_bytes()).collect();
+    let b: Vec<u8> = [0.5f32, f32::NAN, 0.0, f32::NEG_INFINITY].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let file = crate::helpers::safetensors(&[("fc1.weight", "F32", vec![4, 4], w), ("fc1.bias", "F32", vec![4], b)]);
+    let model = app.upload_model(file, "nan").await;
+    assert_eq!(model["non_finite"], json!({"fc1.bias": 2}), "{model}");
+    let id = model["id"].as_str().expect("id");
+    assert_eq!(app.get_json(&format!("/v1/models/{id}")).await["non_finite"], json!({"fc1.bias": 2}));
+
+    for scheme in ["f16", "int8", "q4_k"] {
+        let r = app.post_job(json!({"kind": "quantize", "model_id": id, "params": {"scheme": scheme}})).await;
+        assert_eq!(r.status(), 422, "{scheme}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let p: Value = r.json().await.expect("problem");
+        let detail = p["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("fc1.bias (2)") && !detail.contains("fc1.weight"), "{p}");
+    }
+    // Leaving the tensor out, or opting in, is accepted.
+    let r = app
+        .post_job(json!({"kind": "quantize", "model_id": id, "params": {"scheme": "f16", "exclude": ["*.bias"]}}))
+        .await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+    let r = app
+        .post_job(json!({"kind": "quantize", "model_id": id, "params": {"scheme": "int8"}, "allow_non_finite": true}))
+        .await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+    // A clean model has an empty count and is not refused.
+    let clean = app.upload_model(crate::helpers::fixture("teacher_digits.safetensors"), "clean").await;
+    assert_eq!(clean["non_finite"], json!({}));
+    app.stop().await;
+}

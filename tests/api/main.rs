@@ -7,6 +7,7 @@ mod deploy;
 mod distill;
 mod distill_mnist;
 mod engine;
+mod faults;
 mod hardening;
 mod health;
 mod helpers;
