@@ -107,6 +107,40 @@ fn cpu_time(_c: &mut Criterion) {
     let twin: Vec<Tensor> = tensors.iter().map(|t| t.t().and_then(|t| t.contiguous()).expect("wt")).collect();
     drop(tensors);
     let x: Vec<f32> = (0..64 * n).map(|_| rng.random_range(-1f32..1.0)).collect();
+    // Accuracy at batch 4: relative error ‖y − y_f32‖ / ‖y_f32‖ of the MLP output.
+    {
+        let rows = 4;
+        let xt = Tensor::from_slice(&x[..rows * n], (rows, n), &dev).expect("x");
+        let run = |q: bool| {
+            let mut h = xt.clone();
+            for i in 0..4 {
+                h = if q { q8[i].forward(&h) } else { h.matmul(&twin[i]) }.expect("candle");
+                if i < 3 {
+                    h = h.relu().expect("relu");
+                }
+            }
+            h.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("values")
+        };
+        let (exact, q8_0) = (run(false), run(true));
+        let (mut a, mut b) = (x[..rows * n].to_vec(), vec![0f32; rows * n]);
+        for (i, w) in int8.iter().enumerate() {
+            w.forward_on(&a, rows, None, &mut b, Parallel::Caller).expect("forward");
+            if i < 3 {
+                b.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            std::mem::swap(&mut a, &mut b);
+        }
+        let rel = |y: &[f32]| {
+            let num: f64 = y.iter().zip(&exact).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            let den: f64 = exact.iter().map(|b| (*b as f64).powi(2)).sum();
+            (num / den).sqrt()
+        };
+        println!(
+            "accuracy, int8 MLP 4 x 4096², output vs f32: int8 kernel {:.2e}, candle Q8_0 {:.2e}",
+            rel(&a),
+            rel(&q8_0)
+        );
+    }
     for rows in [1usize, 64] {
         let reps = if rows == 1 { 100 } else { 16 };
         let (ours_cpu, ours_wall) = pool.install(|| {

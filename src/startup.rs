@@ -66,6 +66,7 @@ impl Application {
 
         let metrics = Arc::new(Metrics::default());
         let jobs = JobsHandle::start(db.clone(), store.clone(), &config, metrics.clone())?;
+        crate::kernels::set_threads(config.kernel_threads);
         let inference = InferenceHandle::start(InferenceConfig::from_config(&config), metrics.clone())
             .context("starting the inference threads")?;
         let listener = TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
