@@ -111,6 +111,12 @@ pub struct Config {
     #[arg(long, env = "MODELPRESS_INFERENCE_THREADS", default_value_t = 1)]
     pub inference_threads: usize,
 
+    /// Threads one large own-kernel call (int8 GEMM) may use, the calling inference thread
+    /// included; 0 = all cores. Helpers only take chunks the caller has not reached, so a core
+    /// busy with a job slows a product to single-thread speed, no further.
+    #[arg(long, env = "MODELPRESS_KERNEL_THREADS", default_value_t = 0)]
+    pub kernel_threads: usize,
+
     /// Memory budget of the inference model cache in bytes (estimated resident weights); the
     /// least recently used models are unloaded beyond it.
     #[arg(long, env = "MODELPRESS_INFERENCE_CACHE_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]

@@ -72,6 +72,7 @@ impl Application {
         let jobs = JobsHandle::start(db.clone(), store.clone(), &config, metrics.clone())?;
         let webhooks = crate::webhooks::WebhookSender::start(db.clone(), &config.webhooks, &jobs, metrics.clone())
             .map_err(anyhow::Error::msg)?;
+        crate::kernels::set_threads(config.kernel_threads);
         let inference = InferenceHandle::start(InferenceConfig::from_config(&config), metrics.clone())
             .context("starting the inference threads")?;
         let listener = TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;

@@ -22,10 +22,16 @@
 //!   load, not a second one), builds the network and runs a warm-up pass. Deleting a model
 //!   evicts it ([`InferenceHandle::evict`]) and tombstones its id so a load racing with the
 //!   delete cannot re-insert it.
-//! - **Threads**: each inference thread runs its candle work inside its own one-thread rayon pool,
-//!   so `--inference-threads` is the exact number of cores inference computes on (plus candle's
-//!   process-wide pool for quantized matmuls, sized by `CANDLE_NUM_THREADS`). Keep
-//!   `workers × job-threads + inference-threads ≈ cores`.
+//! - **Threads** (the policy): each inference thread runs its candle work inside its own
+//!   one-thread rayon pool (candle's spin-waiting pools collapse when oversubscribed), plus
+//!   candle's process-wide pool for ggml quantized matmuls, sized by `CANDLE_NUM_THREADS`. Our
+//!   own kernels (int8 layers, [`crate::kernels`]) run on the inference thread and share large
+//!   products with the process-wide kernel helper pool (`--kernel-threads`, default all cores):
+//!   helpers take chunks (a quarter of a thread's share) from a counter the inference thread
+//!   also drains, so they add speed when cores are idle and, when job workers hold the cores,
+//!   cost at most the one chunk a descheduled helper holds. Keep
+//!   `workers × job-threads + inference-threads ≈ cores`; the kernel helpers are the only
+//!   threads allowed to go beyond that, because the caller never waits for them to start.
 //!
 //! Metrics: `modelpress_inference_queue_seconds` (per request, arrival → compute start),
 //! `modelpress_inference_compute_seconds` and `modelpress_inference_batch_size` (per batch),

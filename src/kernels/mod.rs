@@ -12,8 +12,9 @@
 //! is cut into chunks of output channels that the caller and the **helper pool** take from one
 //! atomic counter: the caller starts at once and never waits for a helper to wake, a helper
 //! that wakes late (or whose core is busy with a job) simply takes fewer chunks, so a busy
-//! machine degrades to single-thread speed instead of stalling on a descheduled thread (what made
-//! candle's spinning pool 4–20× slower under load, see `nn`). The helper pool is process-wide,
+//! machine degrades to about single-thread speed (plus at most the one chunk a descheduled
+//! helper holds) instead of stalling on a descheduled thread (what made candle's spinning pool
+//! 4–20× slower under load, see `nn`). The helper pool is process-wide,
 //! made on first use with [`set_threads`]`(n)` − 1 threads (default: all cores − 1), shared by
 //! every caller; helpers sleep when idle. Small products never leave the caller.
 
