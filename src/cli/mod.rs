@@ -287,6 +287,10 @@ pub fn run(cmd: ClientCommand) -> i32 {
         let client = Client::new(&server, opts.api_key.as_ref());
         let code = match dispatch(&client, &opts, cmd).await {
             Ok(code) => code,
+            Err(e @ CliError::Usage(_)) => {
+                eprintln!("error: {e}");
+                exit::USAGE
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 exit::ERROR

@@ -127,6 +127,12 @@ async fn a_cancelled_job_exits_3_and_unreachable_server_exits_1() {
     let o = cli("http://127.0.0.1:9", &["jobs"]).await;
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach"), "{}", show(&o));
+    // Usage errors exit 2, before any request.
+    let o = cli("http://127.0.0.1:9", &["quantize", "m", "--require", "speed<=1"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown report key"), "{}", show(&o));
+    let o = cli("http://127.0.0.1:9", &["quantize", "m", "--params", "[1]"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
 }
 
 #[tokio::test]

@@ -255,3 +255,66 @@ async fn a_name_that_resolves_to_loopback_is_refused_at_delivery() {
     assert_eq!(r.calls.load(Ordering::SeqCst), 0, "the receiver was reached");
     app.stop().await;
 }
+
+fn client_for(key: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().unwrap());
+    reqwest::Client::builder().default_headers(h).build().unwrap()
+}
+
+#[tokio::test]
+async fn tenants_get_only_their_own_events_and_a_cancel_is_an_event() {
+    const ADMIN: &str = "test-admin-key-0123456789";
+    let r = Arc::new(Receiver::default());
+    let base = start_receiver(r.clone()).await;
+    let app = spawn_with(|c| {
+        allow_loopback(c);
+        c.auth.admin_key = Some(modelpress::auth::Secret::new(ADMIN));
+    })
+    .await;
+    let admin = client_for(ADMIN);
+    let mut keys = Vec::new();
+    for name in ["a", "b"] {
+        let k: Value =
+            admin.post(app.url("/v1/keys")).json(&json!({"name": name})).send().await.unwrap().json().await.unwrap();
+        keys.push(client_for(k["key"].as_str().unwrap()));
+    }
+    let (a, b) = (&keys[0], &keys[1]);
+    let resp = a.post(app.url("/v1/webhooks")).json(&json!({"url": format!("{base}/a")})).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let hook_a = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    // B neither sees nor deletes A's webhook.
+    let listed: Value = b.get(app.url("/v1/webhooks")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0);
+    assert_eq!(b.delete(app.url(&format!("/v1/webhooks/{hook_a}"))).send().await.unwrap().status(), 404);
+
+    // B's job ends: A's webhook hears nothing. A's long job is cancelled: A hears job.cancelled.
+    let job = json!({"kind": "debug_sleep", "params": {"steps": 2, "step_ms": 5}});
+    let jb: Value = b.post(app.url("/v1/jobs")).json(&job).send().await.unwrap().json().await.unwrap();
+    let long = json!({"kind": "debug_sleep", "params": {"steps": 5000, "step_ms": 10}});
+    let ja: Value = a.post(app.url("/v1/jobs")).json(&long).send().await.unwrap().json().await.unwrap();
+    let (ida, idb) = (ja["id"].as_str().unwrap(), jb["id"].as_str().unwrap());
+    assert_eq!(a.post(app.url(&format!("/v1/jobs/{ida}/cancel"))).send().await.unwrap().status(), 202);
+    wait_received(&r, 1, 30).await;
+    let (path, _, body) = r.got.lock().unwrap()[0].clone();
+    let ev: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(path, "/a");
+    assert_eq!(ev["type"], "job.cancelled", "{ev}");
+    assert_eq!(ev["job"]["id"], ida);
+    // B's job (ended too) has no deliveries, and B cannot read A's.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let j: Value = b.get(app.url(&format!("/v1/jobs/{idb}"))).send().await.unwrap().json().await.unwrap();
+        if j["status"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let d: Value = b.get(app.url(&format!("/v1/jobs/{idb}/deliveries"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(d["items"].as_array().unwrap().len(), 0, "{d}");
+    assert_eq!(b.get(app.url(&format!("/v1/jobs/{ida}/deliveries"))).send().await.unwrap().status(), 404);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(r.got.lock().unwrap().len(), 1, "an event of another tenant arrived");
+    app.stop().await;
+}
