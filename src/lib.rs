@@ -25,6 +25,7 @@ pub mod inference;
 pub mod jobs;
 pub mod limits;
 pub mod nn;
+pub mod onnx;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
