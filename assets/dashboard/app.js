@@ -1293,7 +1293,8 @@ async function deleteModel(m, after) {
 }
 
 function downloadButtons(model) {
-  return caps.formats.map((f) => h('a', {
+  // ONNX export needs the architecture spec.
+  return caps.formats.filter((f) => f !== 'onnx' || model.has_spec).map((f) => h('a', {
     class: ['btn', f === 'native' && 'primary'], href: `v1/models/${enc(model.id)}/download?format=${enc(f)}`, download: '', testid: `download-${f}`,
     title: f === 'native' ? 'The stored safetensors file' : `Converted to ${f}`,
     onclick: (ev) => {
