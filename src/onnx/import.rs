@@ -252,6 +252,11 @@ fn local_problem(n: &NodeProto) -> Option<String> {
                 }
             }
             if n.op_type != "Conv" {
+                if let Some(s) = a.ints("strides") {
+                    if s.len() != 2 || s.iter().any(|&v| v < 1) {
+                        return Some(format!("strides {s:?}: 2-D pooling needs two positive strides"));
+                    }
+                }
                 if a.int("ceil_mode", 0) != 0 {
                     return Some("ceil_mode=1 is not supported".into());
                 }
@@ -566,7 +571,7 @@ impl<'g> Converter<'g> {
                 "Reshape" if ins.len() == 2 => {
                     let shape = self.consts[ins[1]].i64s("Reshape shape")?;
                     let total = c0.numel();
-                    let known: i64 = shape.iter().filter(|&&d| d > 0).product();
+                    let known: i64 = shape.iter().filter(|&&d| d > 0).fold(1i64, |a, &d| a.saturating_mul(d));
                     let dims = shape
                         .iter()
                         .enumerate()
