@@ -346,6 +346,8 @@ struct Converter<'g> {
     input: String,
     input_shape: Vec<usize>,
     input_dtype: InputDType,
+    /// The input's batch dim when the file fixes it.
+    input_batch: Option<i64>,
     output: String,
     pending: HashMap<String, Pending>,
     next_id: usize,
@@ -428,6 +430,10 @@ impl<'g> Converter<'g> {
             input: inp.name.clone(),
             input_shape,
             input_dtype,
+            input_batch: match dims[0].value {
+                Some(DimValue::DimValue(v)) if v > 0 => Some(v),
+                _ => None,
+            },
             output: graph.output[0].name.clone(),
             pending: HashMap::new(),
             next_id: 0,
@@ -1025,6 +1031,20 @@ impl<'g> Converter<'g> {
                         if *first == -1 && rest.contains(&-1) {
                             return Err(format!("{}: shape {target:?} has two -1 entries", label(n)));
                         }
+                        Layer::Reshape(ReshapeSpec { name: None, shape: rest.to_vec() })
+                    }
+                    // A batch size fixed at export time (`x.view(1, -1)` traced with batch 1):
+                    // accepted when the rest is exactly the per-sample shape's elements.
+                    // `[b, -1]` only when b is the input's declared (fixed) batch size.
+                    [b, d] if *b > 0 && (*d as usize == numel || (*d == -1 && Some(*b) == self.input_batch)) => {
+                        Layer::Flatten(Plain::default())
+                    }
+                    [b, rest @ ..]
+                        if *b > 0
+                            && !rest.is_empty()
+                            && rest.iter().all(|&d| d > 0)
+                            && rest.iter().map(|&d| d as usize).product::<usize>() == numel =>
+                    {
                         Layer::Reshape(ReshapeSpec { name: None, shape: rest.to_vec() })
                     }
                     _ => {

@@ -403,3 +403,25 @@ fn import_file_writes_safetensors_with_metadata() {
     assert!(import_file(&src, &bad).is_err());
     assert!(!bad.exists());
 }
+
+#[test]
+fn reshape_with_a_batch_fixed_at_export_is_a_flatten() {
+    let mut g = G::default();
+    let shape =
+        g.op("Constant", "shape", &[], vec![AttributeProto::tensor("value", TensorProto::i64("s", &[2], &[1, 16]))]);
+    let x = g.op("Reshape", "view", &["x", &shape], vec![]);
+    let w = g.init("fc.weight", &[3, 16]);
+    let y = g.op("Gemm", "fc", &[&x, &w], vec![AttributeProto::int("transB", 1)]);
+    let imp = import(Bytes::from(g.model(&[1, 4, 4], &y, 3, 13))).unwrap();
+    let types: Vec<&str> = imp.spec.layers.iter().map(Layer::type_name).collect();
+    assert_eq!(types, ["flatten", "linear"]);
+    // A reshape that moves the batch dim is refused with the reason.
+    let mut g = G::default();
+    let shape =
+        g.op("Constant", "shape", &[], vec![AttributeProto::tensor("value", TensorProto::i64("s", &[2], &[4, -1]))]);
+    let x = g.op("Reshape", "view", &["x", &shape], vec![]);
+    let w = g.init("fc.weight", &[3, 4]);
+    let y = g.op("Gemm", "fc", &[&x, &w], vec![AttributeProto::int("transB", 1)]);
+    let err = import(Bytes::from(g.model(&[1, 4, 4], &y, 3, 13))).unwrap_err();
+    assert!(err.to_string().contains("batch dim"), "{err}");
+}
