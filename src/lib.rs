@@ -39,6 +39,7 @@ pub mod kernels;
 pub mod limits;
 pub mod nn;
 pub mod nonfinite;
+pub mod onnx;
 pub mod report;
 pub mod startup;
 pub mod storage;

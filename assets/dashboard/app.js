@@ -338,7 +338,7 @@ async function downloadModel(model, format) {
   const res = await api(url, { raw: true });
   const cd = res.headers.get('content-disposition') || '';
   const m = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(cd);
-  const name = m ? decodeURIComponent(m[1]) : `${model.name}.${format === 'gguf' ? 'gguf' : 'safetensors'}`;
+  const name = m ? decodeURIComponent(m[1]) : `${model.name}.${['gguf', 'onnx'].includes(format) ? format : 'safetensors'}`;
   const blob = await res.blob();
   const href = URL.createObjectURL(blob);
   const a = h('a', { href, download: name, class: 'hidden' });
@@ -1102,11 +1102,11 @@ function uploadProgress() {
 }
 
 function modelUploadForm(onDone) {
-  const weights = h('input', { type: 'file', name: 'weights', accept: '.safetensors', required: true, testid: 'upload-weights' });
+  const weights = h('input', { type: 'file', name: 'weights', accept: '.safetensors,.onnx', required: true, testid: 'upload-weights' });
   const name = h('input', { type: 'text', name: 'name', placeholder: 'defaults to the file name', testid: 'upload-name' });
   const spec = h('input', { type: 'file', name: 'spec', accept: '.json,application/json', testid: 'upload-spec' });
   const f = {
-    weights: fieldWrap({ key: 'weights', label: 'Weights (.safetensors)', help: 'A safetensors file; streamed to the server.' }, weights),
+    weights: fieldWrap({ key: 'weights', label: 'Weights (.safetensors) or ONNX model (.onnx)', help: 'A safetensors file, or an ONNX model whose graph becomes the spec (its layers are shown once stored); streamed to the server.' }, weights),
     name: fieldWrap({ key: 'name', label: 'Name', optional: true, help: 'Shown in lists; the file name without extension if empty.' }, name),
     spec: fieldWrap({ key: 'spec', label: 'Architecture spec (.json)', optional: true, help: 'Needed to evaluate, train, distill or run the model (see docs/spec.md).' }, spec),
   };
@@ -1114,22 +1114,24 @@ function modelUploadForm(onDone) {
   const prog = uploadProgress();
   const err = h('div', {});
   const submit = h('button', { type: 'submit', class: 'btn primary', testid: 'upload-submit' }, 'Upload model');
-  weights.addEventListener('change', () => { if (!name.value && weights.files[0]) name.placeholder = weights.files[0].name.replace(/\.safetensors$/i, ''); });
+  weights.addEventListener('change', () => { if (!name.value && weights.files[0]) name.placeholder = weights.files[0].name.replace(/\.(safetensors|onnx)$/i, ''); });
   const form = h('form', { class: 'form', testid: 'model-upload-form' }, h('div', { class: 'form-grid' }, f.weights, f.name, f.spec), prog, err, h('div', { class: 'actions' }, submit));
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     fields.forEach((w) => w.setError(''));
     put(err);
     const file = weights.files[0];
-    if (!file) { f.weights.setError('Choose a safetensors file.'); return; }
+    if (!file) { f.weights.setError('Choose a safetensors or ONNX file.'); return; }
+    const isOnnx = /\.onnx$/i.test(file.name);
+    if (isOnnx && spec.files[0]) { f.spec.setError('An ONNX model carries its own architecture; leave the spec empty.'); return; }
     const data = new FormData();
-    data.append('name', name.value.trim() || file.name.replace(/\.safetensors$/i, ''));
+    data.append('name', name.value.trim() || file.name.replace(/\.(safetensors|onnx)$/i, ''));
     if (spec.files[0]) {
       const text = await spec.files[0].text();
       try { JSON.parse(text); } catch (e) { f.spec.setError(`Not valid JSON: ${e.message}`); return; }
       data.append('spec', text);
     }
-    data.append('weights', file, file.name);
+    data.append(isOnnx ? 'onnx' : 'weights', file, file.name);
     submit.disabled = true;
     try {
       const model = await upload('v1/models', data, prog.update);
@@ -1291,7 +1293,8 @@ async function deleteModel(m, after) {
 }
 
 function downloadButtons(model) {
-  return caps.formats.map((f) => h('a', {
+  // ONNX export needs the architecture spec.
+  return caps.formats.filter((f) => f !== 'onnx' || model.has_spec).map((f) => h('a', {
     class: ['btn', f === 'native' && 'primary'], href: `v1/models/${enc(model.id)}/download?format=${enc(f)}`, download: '', testid: `download-${f}`,
     title: f === 'native' ? 'The stored safetensors file' : `Converted to ${f}`,
     onclick: (ev) => {

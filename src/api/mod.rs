@@ -11,6 +11,7 @@ pub mod health;
 pub mod jobs;
 pub mod keys;
 pub mod models;
+pub mod onnx;
 pub mod predict;
 pub mod security;
 pub mod specs;

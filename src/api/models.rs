@@ -96,6 +96,10 @@ pub struct UploadQuery {
         pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
     )]
     pub name: Option<String>,
+    /// `safetensors` (default) or `onnx`: the raw body is an `.onnx` file, imported as an
+    /// architecture spec plus safetensors weights (multipart uploads send an `onnx` part instead).
+    #[param(pattern = "^(safetensors|onnx)$")]
+    pub format: Option<String>,
 }
 
 /// Multipart upload form.
@@ -103,9 +107,12 @@ pub struct UploadQuery {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ModelUploadForm {
-    /// The safetensors file.
-    #[schema(value_type = String, format = Binary, content_media_type = "application/octet-stream")]
-    weights: Vec<u8>,
+    /// The safetensors file (or send `onnx` instead).
+    #[schema(value_type = Option<String>, format = Binary, content_media_type = "application/octet-stream")]
+    weights: Option<Vec<u8>>,
+    /// An ONNX model file, imported as spec + weights (instead of `weights` and `spec`).
+    #[schema(value_type = Option<String>, format = Binary, content_media_type = "application/octet-stream")]
+    onnx: Option<Vec<u8>>,
     #[schema(
         min_length = 1,
         max_length = 200,
@@ -133,8 +140,10 @@ pub struct ListQuery {
 #[into_params(parameter_in = Query)]
 pub struct DownloadQuery {
     /// `native` (the stored file, default), `safetensors-f32` (every tensor dequantized to f32),
-    /// or `gguf` (GGUF v2; int8 as Q8_0, int4 as Q4_0/Q4_1, GGML types as stored).
-    #[param(pattern = "^(native|safetensors-f32|gguf)$")]
+    /// `gguf` (GGUF v2; int8 as Q8_0, int4 as Q4_0/Q4_1, GGML types as stored), or `onnx`
+    /// (opset 17; int8 weights as QDQ DequantizeLinear, f16 kept, other types as f32; needs the
+    /// model's architecture spec).
+    #[param(pattern = "^(native|safetensors-f32|gguf|onnx)$")]
     pub format: Option<String>,
 }
 
@@ -161,6 +170,8 @@ pub(super) fn store_error(e: StoreError) -> ApiError {
 /// The parts of an upload request.
 pub(super) struct UploadParts {
     pub file: Option<Upload>,
+    /// Which of the accepted file parts carried the file (multipart only).
+    pub file_part: Option<String>,
     pub name: Option<String>,
     pub fields: BTreeMap<String, String>,
 }
@@ -174,6 +185,19 @@ pub(super) async fn read_upload(
     text_parts: &[&str],
     max_text: usize,
 ) -> ApiResult<UploadParts> {
+    read_upload_any(st, req, &[file_part], text_parts, max_text).await
+}
+
+/// [`read_upload`] accepting any one of `file_parts` as the file.
+pub(super) async fn read_upload_any(
+    st: &AppState,
+    req: Request,
+    file_parts: &[&str],
+    text_parts: &[&str],
+    max_text: usize,
+) -> ApiResult<UploadParts> {
+    let file_part = file_parts.join("' or '");
+    let file_part = file_part.as_str();
     let limit = st.config.max_upload_bytes;
     if let Some(len) =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
@@ -184,7 +208,7 @@ pub(super) async fn read_upload(
         }
     }
     let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    let mut parts = UploadParts { file: None, name: None, fields: BTreeMap::new() };
+    let mut parts = UploadParts { file: None, file_part: None, name: None, fields: BTreeMap::new() };
     if ct.starts_with("multipart/form-data") {
         let mut mp =
             Multipart::from_request(req, &()).await.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
@@ -192,10 +216,11 @@ pub(super) async fn read_upload(
             mp.next_field().await.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?
         {
             let fname = field.name().unwrap_or("").to_string();
-            if fname == file_part {
+            if file_parts.contains(&fname.as_str()) {
                 if parts.file.is_some() {
-                    return Err(ApiError::validation(file_part, "sent twice"));
+                    return Err(ApiError::validation(&fname, "sent twice (send one file)"));
                 }
+                parts.file_part = Some(fname.clone());
                 let stream = field.map_err(|e| e.body_text());
                 parts.file = Some(st.store.save_stream(stream, limit).await.map_err(store_error)?);
             } else if text_parts.contains(&fname.as_str()) {
@@ -268,6 +293,10 @@ pub(super) async fn validate_safetensors(st: &AppState, file: &TempFile) -> ApiR
 /// -H 'Content-Type: application/octet-stream' '…/v1/models?name=mymodel'`) or as
 /// `multipart/form-data` with parts `weights`, optional `name` and `spec`. The body is streamed
 /// to disk while hashed, the header is validated, then the file is stored.
+///
+/// An ONNX model is sent as the raw body with `?format=onnx`, or as a multipart `onnx` part. Its
+/// graph becomes the architecture spec and its initializers the weights (same names); a graph
+/// with operators modelpress cannot run is refused with 422 listing every such node.
 #[utoipa::path(post, path = "/v1/models", tag = "models",
     params(UploadQuery),
     request_body(content(
@@ -280,7 +309,7 @@ pub(super) async fn validate_safetensors(st: &AppState, file: &TempFile) -> ApiR
         (status = 413, description = "Upload larger than --max-upload-bytes", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "The data disk is full; nothing was stored", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported Content-Type", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Not a valid safetensors file, or invalid spec/name", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid safetensors file, invalid spec/name, or an ONNX graph that cannot be imported (`errors` lists unsupported nodes)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_model(
     State(st): State<AppState>,
@@ -288,31 +317,57 @@ pub async fn create_model(
     ApiQuery(q): ApiQuery<UploadQuery>,
     req: Request,
 ) -> ApiResult<Response> {
-    let parts = read_upload(&st, req, "weights", &["name", "spec"], st.config.max_spec_bytes).await?;
-    let upload = parts
-        .file
-        .ok_or_else(|| ApiError::validation("weights", "missing the 'weights' part with the safetensors file"))?;
+    let want_onnx = match q.format.as_deref() {
+        None | Some("safetensors") => false,
+        Some("onnx") => true,
+        Some(other) => {
+            return Err(ApiError::validation("format", format!("unknown format '{other}'; use safetensors or onnx")))
+        }
+    };
+    let parts = read_upload_any(&st, req, &["weights", "onnx"], &["name", "spec"], st.config.max_spec_bytes).await?;
+    let onnx = want_onnx || parts.file_part.as_deref() == Some("onnx");
+    if want_onnx && parts.file_part.as_deref() == Some("weights") {
+        return Err(ApiError::validation("weights", "with format=onnx send the file as the 'onnx' part"));
+    }
     let name = validate_name(parts.name.or(q.name), "model")?;
-    let header = validate_safetensors(&st, &upload.file).await?;
+    let (file, size, sha256, header, spec) = if onnx {
+        if parts.fields.contains_key("spec") {
+            return Err(ApiError::validation(
+                "spec",
+                "an ONNX upload carries its own architecture; drop the 'spec' part",
+            ));
+        }
+        let upload = parts.file.ok_or_else(|| ApiError::validation("onnx", "missing the ONNX file"))?;
+        let (file, size, sha256, spec) = super::onnx::import_upload(&st, upload).await?;
+        let header = validate_safetensors(&st, &file).await?;
+        let spec = Some(crate::checks::check_spec_for_upload(&spec, &header)?);
+        (file, size, sha256, header, spec)
+    } else {
+        let upload = parts
+            .file
+            .ok_or_else(|| ApiError::validation("weights", "missing the 'weights' part with the safetensors file"))?;
+        let header = validate_safetensors(&st, &upload.file).await?;
+        let spec = match parts.fields.get("spec") {
+            Some(s) => Some(crate::checks::check_spec_for_upload(s, &header)?),
+            None => None,
+        };
+        (upload.file, upload.size, upload.sha256, header, spec)
+    };
     let non_finite = {
-        let path = upload.file.path().to_path_buf();
+        let path = file.path().to_path_buf();
         let limits = HeaderLimits { max_header_bytes: st.config.max_header_bytes, max_tensors: st.config.max_tensors };
         tokio::task::spawn_blocking(move || crate::nonfinite::count_file(&path, limits))
             .await
             .map_err(ApiError::internal)?
             .map_err(|e| ApiError::new(ErrorCode::InvalidSafetensors, e.to_string()))?
     };
-    let spec = match parts.fields.get("spec") {
-        Some(s) => Some(crate::checks::check_spec_for_upload(s, &header)?),
-        None => None,
-    };
     let id = uuid::Uuid::now_v7().to_string();
     let row = ModelRow {
         id: id.clone(),
         name,
         created_at: crate::time::now_rfc3339(),
-        size_bytes: upload.size as i64,
-        sha256: upload.sha256.clone(),
+        size_bytes: size as i64,
+        sha256: sha256.clone(),
         tensor_count: header.tensors.len() as i64,
         parameter_count: header.parameter_count() as i64,
         dtype_bytes: serde_json::to_string(&header.bytes_by_dtype()).unwrap_or_default(),
@@ -323,7 +378,7 @@ pub async fn create_model(
         tenant_id: caller.tenant.id().map(str::to_string),
     };
     let dest = st.store.model_path(&id);
-    upload.file.persist(&dest)?;
+    file.persist(&dest)?;
     if let Err(e) = db::insert_model(&st.db, &row).await {
         let _ = std::fs::remove_file(&dest);
         return Err(e.into());
@@ -332,7 +387,7 @@ pub async fn create_model(
     if !non_finite.is_empty() {
         tracing::warn!(model_id = %id, tensors = non_finite.len(), "model has non-finite values");
     }
-    tracing::info!(model_id = %id, bytes = upload.size, "model stored");
+    tracing::info!(model_id = %id, bytes = size, onnx, "model stored");
     let location = format!("/v1/models/{id}");
     let mut model = Model::from_row(row, true);
     model.non_finite = Some(non_finite);
@@ -548,7 +603,7 @@ pub(super) async fn serve_file(
 }
 
 /// Writes a derived download format of a stored model file.
-type DeriveFn = fn(&std::path::Path, &std::path::Path, &ModelRow) -> Result<(), crate::artifact::ArtifactError>;
+type DeriveFn = fn(&std::path::Path, &std::path::Path, &ModelRow) -> Result<(), String>;
 
 /// Download a model's file (streamed; `Range`, `ETag`/`If-None-Match` supported).
 #[utoipa::path(get, path = "/v1/models/{id}/download", tag = "models",
@@ -582,14 +637,26 @@ pub async fn download_model(
             )
             .await
         }
-        "safetensors-f32" => ("safetensors", |src, dst, _| crate::artifact::write_dequantized(src, dst)),
+        "safetensors-f32" => {
+            ("safetensors", |src, dst, _| crate::artifact::write_dequantized(src, dst).map_err(|e| e.to_string()))
+        }
         "gguf" => ("gguf", |src, dst, row| {
             crate::artifact::write_gguf(src, dst, &row.name, &format!("modelpress:{}:{}", row.id, row.sha256))
+                .map_err(|e| e.to_string())
         }),
+        "onnx" => {
+            if row.spec.is_none() {
+                return Err(ApiError::validation(
+                    "format",
+                    "ONNX export needs the model's architecture spec; upload the model with a spec",
+                ));
+            }
+            ("onnx", super::onnx::export_derive)
+        }
         other => {
             return Err(ApiError::validation(
                 "format",
-                format!("unknown format '{other}'; available: native, safetensors-f32, gguf"),
+                format!("unknown format '{other}'; available: native, safetensors-f32, gguf, onnx"),
             ))
         }
     };
@@ -612,8 +679,12 @@ pub async fn download_model(
         .map_err(ApiError::internal)??;
     }
     let sha = tokio::fs::read_to_string(&sha_path).await?;
-    let suffix = if format == "gguf" { "gguf".to_string() } else { "f32.safetensors".to_string() };
-    serve_file(&path, sha.trim(), &safe_filename(&row.name, &suffix), &headers).await
+    let suffix = match format {
+        "gguf" => "gguf",
+        "onnx" => "onnx",
+        _ => "f32.safetensors",
+    };
+    serve_file(&path, sha.trim(), &safe_filename(&row.name, suffix), &headers).await
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod health;
 mod helpers;
 mod jobs;
 mod models;
+mod onnx;
 mod openapi;
 mod predict;
 mod prune;
