@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::common::{typed, Needs};
-use super::kinds::Kind;
+use super::kind::Kind;
 use super::{JobContext, JobError, JobOutput};
 use crate::error::DomainError;
 

@@ -273,7 +273,7 @@ impl JobsHandle {
                                 }
                             }
                             let _ = self.inner.updates.send(JobUpdate {
-                                data: json!({"id": job_id, "status": "running", "progress": progress, "stage": stage}),
+                                data: json!({"id": job_id, "status": JobStatus::Running, "progress": progress, "stage": stage}),
                                 job_id, event: "progress".into(), terminal: false,
                             });
                         }
@@ -306,7 +306,7 @@ impl JobsHandle {
                 let report = serde_json::to_string(&out.report).unwrap_or_else(|_| "{}".into());
                 match out.model {
                     None => match db::finish_job_success(db, &job_id, None, &report).await {
-                        Ok(()) => "succeeded",
+                        Ok(()) => JobStatus::Succeeded.as_str(),
                         Err(e) => self.fail_internal(&job_id, &format!("recording success: {e}")).await,
                     },
                     Some(m) => {
@@ -333,7 +333,7 @@ impl JobsHandle {
                         match m.file.persist(&dest).inspect(|()| crate::fault::point("renamed")) {
                             Err(e) => self.fail_internal(&job_id, &format!("storing output: {e}")).await,
                             Ok(()) => match db::finish_job_success(db, &job_id, Some(&row), &report).await {
-                                Ok(()) => "succeeded",
+                                Ok(()) => JobStatus::Succeeded.as_str(),
                                 Err(e) => {
                                     let _ = std::fs::remove_file(&dest);
                                     self.fail_internal(&job_id, &format!("recording output: {e}")).await
@@ -381,6 +381,6 @@ impl JobsHandle {
         tracing::error!(job_id = %job_id, error = %msg, "job failed");
         let problem = serde_json::to_string(&JobError::Internal(msg.into()).problem()).unwrap_or_default();
         let _ = db::finish_job_without_output(&self.inner.db, job_id, JobStatus::Failed, Some(&problem), None).await;
-        "failed"
+        JobStatus::Failed.as_str()
     }
 }

@@ -33,7 +33,7 @@ use super::common::{measure_latency, split_keys, DataNeed, Needs, Stored, TrainS
 use super::engine::{
     float_tensors, load_network, load_params_mode, load_split, load_test_split, spec_of, write_tensors,
 };
-use super::kinds::Kind;
+use super::kind::Kind;
 use super::{InputModel, JobContext, JobError, JobOutput, OutputModel};
 use crate::error::{DomainError, ErrorCode};
 use crate::nn::distill::{

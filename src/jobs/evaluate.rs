@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::common::{check_batch, check_split, dataset, typed, DataNeed, Needs};
 use super::engine::{load_network, load_split};
-use super::kinds::Kind;
+use super::kind::Kind;
 use super::{JobContext, JobError, JobOutput};
 use crate::error::DomainError;
 use crate::nn::evaluate;

@@ -1,5 +1,5 @@
 //! The registry of job kinds: the only place that lists them. Each kind lives in its own
-//! module and implements [`Kind`] (its typed parameters, what it needs, its checks against the
+//! module and implements [`super::kind::Kind`] (its typed parameters, what it needs, its checks against the
 //! stored inputs, its `run`); one line of [`job_kinds!`] below adds it to [`JobKind`],
 //! [`JobParams`], the dispatch, and the OpenAPI contract (`kind` enum, `params` schema).
 //!
@@ -9,27 +9,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::common::{check_needs, Needs, Stored};
+use super::kind::Kind;
 use super::{JobContext, JobError, JobOutput};
 use crate::error::DomainError;
-
-/// One job kind: what a new kind implements (see docs/architecture.md, "Adding a job kind").
-pub trait Kind: Sized + Serialize {
-    /// Parses and checks `params` (an object; `{}` when absent). Every refusal is a 422
-    /// naming the field.
-    fn parse(params: &Value) -> Result<Self, DomainError>;
-
-    /// What the job reads; the API looks these up (as the caller's) before [`Kind::check`].
-    fn needs(&self) -> Needs;
-
-    /// Checks against the stored inputs, beyond the generic ones of [`Needs`] (split exists,
-    /// samples fit the spec): shapes from the stored header, spec compatibility, …
-    fn check(&self, _stored: &Stored) -> Result<(), DomainError> {
-        Ok(())
-    }
-
-    /// Runs the job on the calling worker thread.
-    fn run(&self, ctx: &JobContext) -> Result<JobOutput, JobError>;
-}
 
 /// Declares the kinds: `Variant = "wire_name" => params type, public;` (`public: false` keeps
 /// a kind out of the contract and needs `--enable-test-jobs`).

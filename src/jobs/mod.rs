@@ -8,7 +8,7 @@
 //! and broadcasts them to SSE subscribers. docs/architecture.md tells the whole story.
 //!
 //! One module per kind ([`quantize`], [`evaluate`], [`train`], [`prune`], [`distill`],
-//! [`sensitivity`], [`debug_sleep`]); [`kinds`] is the registry; [`common`] holds the leaves the
+//! [`sensitivity`], [`debug_sleep`]); [`kinds`] is the registry and [`kind`] the trait each kind implements; [`common`] holds the leaves the
 //! kinds share. Job code returns [`JobError`] / [`crate::error::DomainError`], never HTTP types.
 
 pub mod common;
@@ -17,6 +17,7 @@ pub mod dispatcher;
 pub mod distill;
 pub mod engine;
 pub mod evaluate;
+pub mod kind;
 pub mod kinds;
 pub mod prune;
 pub mod quantize;

@@ -25,7 +25,7 @@ use utoipa::ToSchema;
 
 use super::common::{check_globs, check_split, measure_latency, DataNeed, FinetuneSettings, Needs, Stored};
 use super::engine::{load_split, spec_of, stop_reason, JobHooks};
-use super::kinds::Kind;
+use super::kind::Kind;
 use super::{InputDataset, JobContext, JobError, JobOutput, OutputModel};
 use crate::compress::prune::sparse::{base_name, PartView};
 use crate::compress::prune::{

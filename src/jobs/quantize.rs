@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use super::common::{
     check_globs, check_split, split_keys, typed, DataNeed, FinetuneSettings, Needs, SchemeRequest, Stored,
 };
-use super::kinds::Kind;
+use super::kind::Kind;
 use super::{JobContext, JobError, JobOutput, OutputModel};
 use crate::compress::quant::{
     quantize_par, to_bf16, to_f16, ErrorAccumulator, ErrorStats, QuantError, QuantizationConfig, QuantizedTensor,

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::common::{check_split, dataset, split_keys, typed, DataNeed, Needs, SchemeRequest};
 use super::engine::{load_network, load_params, load_split, spec_of};
-use super::kinds::Kind;
+use super::kind::Kind;
 use super::{JobContext, JobError, JobOutput};
 use crate::compress::quant::{quantize_par, QuantData, Scheme};
 use crate::error::DomainError;

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::common::{check_split, dataset, split_keys, typed, DataNeed, Needs, TrainSettings};
 use super::engine::{float_tensors, load_split, load_test_split, spec_of, write_tensors, JobHooks};
 use super::evaluate::labels;
-use super::kinds::Kind;
+use super::kind::Kind;
 use super::{JobContext, JobError, JobOutput, OutputModel};
 use crate::error::DomainError;
 use crate::nn::{evaluate, Init, Network};
