@@ -172,11 +172,19 @@ async fn overrides_fallbacks_and_bad_weights() {
     // No int4 group size divides 784: it falls back to int8 per-channel.
     assert_eq!(wide_t["scheme"], "int8", "{wide_t}");
     assert_eq!(wide_t["fell_back"], true);
-    // NaN in a weight: the job fails naming the tensor.
+    // NaN in a weight: refused at submission naming the tensor; with the opt-in the job runs
+    // and fails naming it.
     let mut bad = sq.clone();
     bad[5] = f32::NAN;
     let nan = app.upload_model(safetensors(&[("sq.weight", "F32", vec![64, 64], f32_bytes(&bad))]), "nan").await;
-    let job = quantize(&app, nan["id"].as_str().unwrap(), json!({"scheme": "int8"})).await;
+    let body = json!({"kind": "quantize", "model_id": nan["id"], "params": {"scheme": "int8"}});
+    let r = app.post_job(body.clone()).await;
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("sq.weight (1)"));
+    let mut body = body;
+    body["allow_non_finite"] = json!(true);
+    let job = app.submit(body).await;
+    let job = app.wait_for_job(job["id"].as_str().unwrap(), 120).await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["error"]["status"], 422);
     assert!(job["error"]["detail"].as_str().unwrap().contains("sq.weight"), "{job}");
