@@ -61,7 +61,8 @@ pub struct LayerKernel {
     pub shape: Vec<usize>,
     /// The stored representation: a quantization scheme (`int8`, `q4_k`, …) or a dtype (`F32`).
     pub stored: String,
-    /// What the forward pass uses: `f32`, or a ggml block type (`q4_k`, `q8_0`, …).
+    /// What the forward pass uses: `f32`, `int8` (the own int8 GEMM), or a ggml block type
+    /// (`q4_k`, `q8_0`, …).
     pub runs_as: String,
     /// The kernel, in words.
     pub kernel: String,
