@@ -102,7 +102,7 @@ const DELIVERY_COLS: &str =
 /// `lease_until_ms`: a process that dies mid-attempt leaves them due again after the lease.
 pub async fn claim_due(db: &Db, now_ms: i64, lease_until_ms: i64, limit: i64) -> Result<Vec<DeliveryRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id IN (SELECT id FROM webhook_deliveries \
+        "UPDATE webhook_deliveries SET next_attempt_at = ?, leased = 1 WHERE id IN (SELECT id FROM webhook_deliveries \
          WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?) RETURNING {DELIVERY_COLS}"
     ))
     .bind(lease_until_ms)
@@ -110,6 +110,19 @@ pub async fn claim_due(db: &Db, now_ms: i64, lease_until_ms: i64, limit: i64) ->
     .bind(limit)
     .fetch_all(db)
     .await
+}
+
+/// At start-up: attempts that were in flight when the previous run stopped (or died) are due
+/// now rather than at the end of their lease. One process owns the database, so every lease
+/// found here is stale. Returns how many.
+pub async fn release_leases(db: &Db, now_ms: i64) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE webhook_deliveries SET next_attempt_at = ?, leased = 0 WHERE status = 'pending' AND leased = 1",
+    )
+    .bind(now_ms)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// When the next pending delivery is due (unix ms), if any.
@@ -166,7 +179,7 @@ pub async fn record_attempt(
     };
     sqlx::query(
         "UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = COALESCE(?, next_attempt_at), \
-         finished_at = ?, last_error = ? WHERE id = ? AND status = 'pending'",
+         leased = 0, finished_at = ?, last_error = ? WHERE id = ? AND status = 'pending'",
     )
     .bind(status)
     .bind(a.attempt)
