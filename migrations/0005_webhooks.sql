@@ -31,8 +31,7 @@ CREATE TABLE webhook_deliveries (
     event            TEXT NOT NULL,        -- job.succeeded | job.failed | job.cancelled
     status           TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
     attempts         INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at  INTEGER NOT NULL,     -- unix milliseconds; while leased, the lease's end
-    leased           INTEGER NOT NULL DEFAULT 0, -- 1 while an attempt is in flight
+    next_attempt_at  INTEGER NOT NULL,     -- unix milliseconds; also the claim lease
     created_at       TEXT NOT NULL,
     created_ms       INTEGER NOT NULL,     -- unix milliseconds, for the retry deadline
     finished_at      TEXT,
