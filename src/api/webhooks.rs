@@ -224,7 +224,7 @@ pub async fn list_deliveries(
                     duration_ms: a.duration_ms,
                 })
                 .collect(),
-            next_attempt_at: (d.status == "pending").then(|| ms_rfc3339(d.next_attempt_at)),
+            next_attempt_at: (d.status == "pending").then(|| ms_rfc3339(d.next_attempt_at.abs())),
             id: d.id,
             webhook_id: d.webhook_id,
             url: d.url,

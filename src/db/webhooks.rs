@@ -98,23 +98,43 @@ pub struct DeliveryRow {
 const DELIVERY_COLS: &str =
     "id, job_id, webhook_id, url, secret, event, status, attempts, next_attempt_at, created_at, created_ms, finished_at, last_error";
 
-/// Claims up to `limit` due pending deliveries by pushing their `next_attempt_at` to
-/// `lease_until_ms`: a process that dies mid-attempt leaves them due again after the lease.
+/// Claims up to `limit` due pending deliveries by leasing them until `lease_until_ms`.
+///
+/// `next_attempt_at` carries the lease in its sign (no column for it in migration 0005): a
+/// scheduled attempt is `+due_ms`, a lease is `-lease_until_ms`. Either is due when its
+/// absolute value is ≤ now, i.e. when `-now ≤ next_attempt_at ≤ now` (one index range). A
+/// process that dies mid-attempt leaves the lease, which [`release_leases`] clears at the next
+/// start (and which expires by itself otherwise).
 pub async fn claim_due(db: &Db, now_ms: i64, lease_until_ms: i64, limit: i64) -> Result<Vec<DeliveryRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id IN (SELECT id FROM webhook_deliveries \
-         WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?) RETURNING {DELIVERY_COLS}"
+         WHERE status = 'pending' AND next_attempt_at BETWEEN ? AND ? ORDER BY abs(next_attempt_at) LIMIT ?) \
+         RETURNING {DELIVERY_COLS}"
     ))
-    .bind(lease_until_ms)
+    .bind(-lease_until_ms)
+    .bind(-now_ms)
     .bind(now_ms)
     .bind(limit)
     .fetch_all(db)
     .await
 }
 
+/// At start-up: attempts that were in flight when the previous run stopped (or died) are due
+/// now rather than at the end of their lease. One process owns the database, so every lease
+/// found here is stale. Returns how many.
+pub async fn release_leases(db: &Db, now_ms: i64) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE status = 'pending' AND next_attempt_at < 0",
+    )
+    .bind(now_ms)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
+}
+
 /// When the next pending delivery is due (unix ms), if any.
 pub async fn next_due_ms(db: &Db) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'")
+    sqlx::query_scalar("SELECT MIN(abs(next_attempt_at)) FROM webhook_deliveries WHERE status = 'pending'")
         .fetch_one(db)
         .await
 }
@@ -159,13 +179,14 @@ pub async fn record_attempt(
     .bind(a.duration_ms)
     .execute(&mut *tx)
     .await?;
+    // A finished delivery keeps a positive `next_attempt_at` (no lease left behind).
     let (status, next, finished) = match outcome {
-        AttemptOutcome::Delivered => ("delivered", None, Some(now.clone())),
-        AttemptOutcome::Retry(at) => ("pending", Some(at), None),
-        AttemptOutcome::GiveUp => ("failed", None, Some(now.clone())),
+        AttemptOutcome::Delivered => ("delivered", 0, Some(now.clone())),
+        AttemptOutcome::Retry(at) => ("pending", at, None),
+        AttemptOutcome::GiveUp => ("failed", 0, Some(now.clone())),
     };
     sqlx::query(
-        "UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = COALESCE(?, next_attempt_at), \
+        "UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?, \
          finished_at = ?, last_error = ? WHERE id = ? AND status = 'pending'",
     )
     .bind(status)

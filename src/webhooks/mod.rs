@@ -9,8 +9,9 @@
 //!   claims due deliveries with a lease (`next_attempt_at` pushed forward), sends, records each
 //!   attempt, and reschedules failures with exponential backoff and jitter until
 //!   `--webhook-max-age-secs` (a day) after the job ended. It is woken by terminal job updates
-//!   and also polls, so deliveries left by a previous run (or a lease that expired in a crash)
-//!   go out after a restart. It never blocks a job: jobs have committed before it runs.
+//!   and also polls, so deliveries left by a previous run go out after a restart (attempts that
+//!   were in flight when it stopped or died are released at start-up, not after their lease).
+//!   It never blocks a job: jobs have committed before it runs.
 //! - **Policy** ([`policy`]): only http/https, only hosts the operator allows
 //!   (`--webhook-allow`); every resolved address must be public unless an allowed IP/CIDR
 //!   covers it, and the request goes to exactly the address that was checked (no DNS rebinding,

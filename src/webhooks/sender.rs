@@ -89,6 +89,11 @@ impl WebhookSender {
     }
 
     async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        match wdb::release_leases(&self.inner.db, now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(deliveries = n, "webhook attempts interrupted by the previous run are due again"),
+            Err(e) => tracing::warn!(error = %e, "releasing webhook leases failed"),
+        }
         let lease = Duration::from_secs(self.inner.config.webhook_timeout_secs.max(1) + 30);
         loop {
             if *stop.borrow() {

@@ -11,8 +11,14 @@ use crate::helpers::*;
 
 /// Starts the real binary on `dir` and returns it with its base URL (read from its log).
 fn start_binary(dir: &std::path::Path) -> (Child, String) {
+    start_binary_with(dir, &[])
+}
+
+/// [`start_binary`] with more flags.
+pub fn start_binary_with(dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_modelpress"))
         .args(["serve", "--bind", "127.0.0.1:0", "--workers", "1", "--enable-test-jobs"])
+        .args(extra)
         .arg("--data-dir")
         .arg(dir)
         .env("RUST_LOG", "info")

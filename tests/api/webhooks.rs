@@ -20,12 +20,18 @@ struct Receiver {
     fail_first: usize,
     /// While set, every attempt gets 503.
     down: AtomicBool,
+    /// While set, attempts hang (longer than the sender's timeout) before any answer.
+    hang: AtomicBool,
     calls: AtomicUsize,
     got: Mutex<Vec<(String, HeaderMap, Bytes)>>,
 }
 
 async fn receive(State(r): State<Arc<Receiver>>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
     let n = r.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    if r.hang.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     if r.down.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE;
     }
@@ -316,5 +322,43 @@ async fn tenants_get_only_their_own_events_and_a_cancel_is_an_event() {
     assert_eq!(b.get(app.url(&format!("/v1/jobs/{ida}/deliveries"))).send().await.unwrap().status(), 404);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(r.got.lock().unwrap().len(), 1, "an event of another tenant arrived");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_attempt_cut_short_by_a_crash_is_retried_at_once_after_restart() {
+    let r = Arc::new(Receiver::default());
+    r.hang.store(true, Ordering::SeqCst);
+    let base = start_receiver(r.clone()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    // The real binary, so a SIGKILL ends the attempt mid-flight. Timeout 1 s → a claimed
+    // delivery is leased for 31 s.
+    let flags = ["--webhook-allow", "127.0.0.1", "--webhook-timeout-secs", "1", "--webhook-retry-base-ms", "50"];
+    let (mut child, server) = crate::restart::start_binary_with(tmp.path(), &flags);
+    let client = reqwest::Client::new();
+    let job: Value = client
+        .post(format!("{server}/v1/jobs"))
+        .json(&json!({"kind": "debug_sleep", "params": {"steps": 2, "step_ms": 5},
+            "webhook": {"url": format!("{base}/hook"), "secret": "a-secret-of-the-pipeline"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.calls.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no attempt started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Killed while the attempt is in flight: its lease must not delay the next run.
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    r.hang.store(false, Ordering::SeqCst);
+    let app = spawn_in(tmp.path(), allow_loopback).await;
+    wait_received(&r, 1, 10).await;
+    let d = wait_deliveries(&app, &id, |d| d.len() == 1 && d[0]["status"] == "delivered").await;
+    assert_eq!(d[0]["attempts"][0]["status_code"], 204, "{d:?}");
     app.stop().await;
 }
