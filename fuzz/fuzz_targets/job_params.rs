@@ -2,12 +2,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use modelpress::jobs::params::{parse, ParamRules, KINDS};
+use modelpress::jobs::kinds::{JobKind, JobParams, ParamRules};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&k, json)) = data.split_first() else { return };
-    let kinds: Vec<&str> = KINDS.iter().copied().chain(["debug_sleep", "nope"]).collect();
-    let kind = kinds[k as usize % kinds.len()];
+    let names: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).chain(["nope"]).collect();
+    let name = names[k as usize % names.len()];
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else { return };
-    let _ = parse(kind, &value, &ParamRules { enable_test_jobs: true });
+    if let Ok(kind) = JobKind::parse(name, &ParamRules { enable_test_jobs: true }) {
+        let _ = JobParams::parse(kind, &value);
+    }
 });
