@@ -64,7 +64,11 @@ fn start(dir: &Path, fault: Option<&str>) -> Server {
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(60)).expect("server announces its address");
-    Server { child, base: format!("http://{addr}"), client: reqwest::Client::new() }
+    // No connection reuse: a refused upload (507) is answered before its body is read, and
+    // the server then closes that connection; a pooled client could race that close with its
+    // next request (IncompleteMessage) — a client-side artifact, not what is under test.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    Server { child, base: format!("http://{addr}"), client }
 }
 
 impl Server {
