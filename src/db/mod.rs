@@ -338,7 +338,10 @@ async fn insert_job_once(
     max_queued: usize,
     max_per_tenant: Option<usize>,
 ) -> Result<InsertJob, sqlx::Error> {
-    let mut tx = db.begin().await?;
+    // IMMEDIATE takes the write lock before the key look-up: concurrent submissions then queue
+    // on busy_timeout instead of failing to upgrade a stale read snapshot (SQLITE_BUSY_SNAPSHOT),
+    // which surfaced as a rare 500 under eight racing retries of one Idempotency-Key.
+    let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
     if let Some(key) = &j.idempotency_key {
         let prev: Option<(String, Option<String>)> = sqlx::query_as(
             "SELECT id, request_hash FROM jobs WHERE COALESCE(tenant_id, '') = COALESCE(?, '') AND idempotency_key = ?",
