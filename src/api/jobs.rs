@@ -137,13 +137,17 @@ pub struct JobListQuery {
 
 /// Reads a stored model's header (on the blocking pool: it opens and maps the file).
 async fn stored_model(st: &AppState, row: &db::ModelRow) -> ApiResult<StoredModel> {
-    let path = st.store.model_path(&row.id);
-    let header =
-        tokio::task::spawn_blocking(move || crate::tensorfile::Tensorfile::open_trusted(&path).map(|f| f.header))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+    let header = stored_header(st, &row.id).await?;
     Ok(StoredModel { id: row.id.clone(), spec: row.spec.clone(), header })
+}
+
+/// A stored model's safetensors header, read on the blocking pool (it opens and maps the file).
+pub(super) async fn stored_header(st: &AppState, model_id: &str) -> ApiResult<crate::tensorfile::Header> {
+    let path = st.store.model_path(model_id);
+    tokio::task::spawn_blocking(move || crate::tensorfile::Tensorfile::open_trusted(&path).map(|f| f.header))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
 }
 
 /// Looks up everything the job reads, as the caller's (another tenant's id is answered exactly

@@ -53,12 +53,7 @@ pub async fn put_spec(
             format!("spec exceeds {} bytes", st.config.max_spec_bytes),
         ));
     }
-    let path = st.store.model_path(&row.id);
-    let header =
-        tokio::task::spawn_blocking(move || crate::tensorfile::Tensorfile::open_trusted(&path).map(|f| f.header))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+    let header = super::jobs::stored_header(&st, &row.id).await?;
     let (spec, check) = check_spec(&text, &header)?;
     if !crate::db::set_model_spec(&st.db, &caller.tenant, &row.id, Some(&spec.to_json())).await? {
         return Err(ApiError::not_found("model", &id));
